@@ -1,0 +1,20 @@
+"""Route modules. Each module declares a ``routes`` table; ``all_routes`` collects them."""
+
+from __future__ import annotations
+
+import importlib
+
+from socialsync.daemon.api.registry import RouteSpec
+
+ROUTE_MODULES = (
+    "system_routes",
+    "auth_routes",
+)
+
+
+def all_routes() -> list[RouteSpec]:
+    specs: list[RouteSpec] = []
+    for name in ROUTE_MODULES:
+        module = importlib.import_module(f"socialsync.daemon.api.{name}")
+        specs.extend(module.routes.specs)
+    return specs

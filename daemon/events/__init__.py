@@ -1,0 +1,3 @@
+from socialsync.daemon.events.bus import Event, EventBus, Subscription
+
+__all__ = ["Event", "EventBus", "Subscription"]

@@ -1,0 +1,142 @@
+"""The in-process event bus: every state change becomes one envelope
+``{"type", "data", "seq", "ts"}`` handed to every transport without blocking the
+publisher. The JSON is encoded once per event, however many clients receive it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from socialsync.common.wire import now_iso
+
+log = logging.getLogger(__name__)
+
+
+class Event:
+    __slots__ = ("_json", "data", "seq", "ts", "type")
+
+    def __init__(self, type: str, data: dict[str, Any], seq: int, ts: str):
+        self.type = type
+        self.data = data
+        self.seq = seq
+        self.ts = ts
+        self._json: bytes | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "data": self.data, "seq": self.seq, "ts": self.ts}
+
+    @property
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = orjson.dumps(self.as_dict())
+        return self._json
+
+    def __repr__(self) -> str:
+        return f"Event({self.type!r}, seq={self.seq})"
+
+
+class Subscription:
+    """A bounded queue of events for one consumer. When the consumer falls behind the
+    queue is not allowed to grow: it is marked ``overflowed`` and stops receiving, and
+    the consumer decides what that means (a /ws client is disconnected with a reason)."""
+
+    def __init__(self, bus: EventBus, maxsize: int, accept: Callable[[Event], bool] | None):
+        self._bus = bus
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.accept = accept
+        self.overflowed = False
+        self._wakeup = asyncio.Event()
+
+    def deliver(self, event: Event) -> None:
+        if self.overflowed or (self.accept is not None and not self.accept(event)):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self._wakeup.set()
+
+    async def get(self) -> Event | None:
+        """The next event, or None once this subscription has overflowed."""
+        if self.overflowed:
+            return None
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        getter = asyncio.ensure_future(self.queue.get())
+        waker = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            await asyncio.wait({getter, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    def __init__(self, ring_size: int = 10_000):
+        self._seq = 0
+        self._ring: deque[Event] = deque(maxlen=ring_size)
+        self._subscriptions: list[Subscription] = []
+        self._listeners: list[Callable[[Event], None]] = []
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last event published (0 before the first)."""
+        return self._seq
+
+    def publish(self, type: str, data: dict[str, Any] | BaseModel) -> Event:
+        if isinstance(data, BaseModel):
+            data = data.model_dump(mode="json", by_alias=True)
+        self._seq += 1
+        event = Event(type, data, self._seq, now_iso())
+        self._ring.append(event)
+        for sub in self._subscriptions:
+            sub.deliver(event)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed type=%s", type)
+        return event
+
+    def subscribe(self, maxsize: int = 1000, accept: Callable[[Event], bool] | None = None) -> Subscription:
+        sub = Subscription(self, maxsize, accept)
+        self._subscriptions.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subscriptions:
+            self._subscriptions.remove(sub)
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """A synchronous, non-blocking callback for every event (e.g. the ZeroMQ PUB)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Event], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def since(self, seq: int) -> list[Event] | None:
+        """Events after ``seq``, or None when some of them have left the ring."""
+        if seq >= self._seq:
+            return []
+        if not self._ring or self._ring[0].seq > seq + 1:
+            return None
+        start = seq + 1 - self._ring[0].seq
+        return list(self._ring)[start:]
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscriptions)

@@ -1,0 +1,176 @@
+"""The database: SQLite through aiosqlite, WAL, foreign keys, numbered migrations.
+
+One writer connection guarded by a lock (SQLite has one writer anyway; the lock keeps
+one task's transaction from seeing another's half-done work), and one reader
+connection that sees only committed data (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from socialsync.common.wire import now_iso
+
+log = logging.getLogger(__name__)
+
+MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def builtin_migrations() -> list[Migration]:
+    folder = resources.files("socialsync.daemon.store.migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+def migrations_from_dir(path: Path) -> list[Migration]:
+    found = []
+    for entry in sorted(path.iterdir()):
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return found
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a script into statements, so each runs inside our own transaction
+    (``executescript`` would commit on its own and break atomicity)."""
+    statements, current = [], ""
+    for line in sql.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    if current.strip() and not current.strip().startswith("--"):
+        raise ValueError(f"incomplete SQL statement: {current.strip()[:60]!r}")
+    return statements
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+async def _connect(path: Path | str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    conn.row_factory = aiosqlite.Row
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class Database:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self._writer = writer
+        self._reader = reader
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str, migrations: Iterable[Migration] | None = None) -> Database:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await apply_migrations(writer, builtin_migrations() if migrations is None else list(migrations))
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._reader.close()
+            try:
+                await self._writer.execute("PRAGMA optimize")
+            finally:
+                await self._writer.close()
+
+    # Reads see committed data only.
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
+        async with self._reader.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: everything inside commits together or not at all."""
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            else:
+                await self._writer.execute("COMMIT")
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """A single write statement in its own transaction; returns lastrowid."""
+        async with self.transaction() as conn:
+            cur = await conn.execute(sql, params)
+            return cur.lastrowid or 0
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self.transaction() as conn:
+            await conn.executemany(sql, rows)
+
+
+async def apply_migrations(conn: aiosqlite.Connection, migrations: list[Migration]) -> list[int]:
+    """Apply the migrations not yet recorded, each in its own transaction: one that
+    fails is rolled back whole and stops the start, leaving the database as it was."""
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    async with conn.execute("SELECT version FROM schema_migrations") as cur:
+        done = {row[0] for row in await cur.fetchall()}
+    applied = []
+    for migration in migrations:
+        if migration.version in done:
+            continue
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in split_statements(migration.sql):
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, now_iso()),
+            )
+        except Exception as exc:
+            await conn.execute("ROLLBACK")
+            raise MigrationError(f"migration {migration.version:03d}_{migration.name} failed: {exc}") from exc
+        await conn.execute("COMMIT")
+        log.info("migration applied version=%03d name=%s", migration.version, migration.name)
+        applied.append(migration.version)
+    return applied

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+from harness import running_daemon
+
+# Tests never read the developer's own configuration or Vast key.
+for var in list(os.environ):
+    if var.startswith("SOCIALSYNC_") or var in ("VAST_API_KEY", "CONFIGURATION_DIRECTORY", "STATE_DIRECTORY"):
+        del os.environ[var]
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="socialsync-test-config-")
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    async with running_daemon(tmp_path / "state") as d:
+        yield d
+
+
+@pytest.fixture
+async def admin(daemon):
+    async with daemon.session() as s:
+        yield s
