@@ -161,3 +161,27 @@ def test_console_script_help():
                          check=True, timeout=60).stdout
     for flag in ("--config", "--host", "--port", "--state-dir", "--demo"):
         assert flag in out
+
+
+async def test_a_committed_write_is_visible_to_the_next_read_despite_overlapping_reads(tmp_path):
+    """Reads once kept a cursor open across an await; overlapping reads then pinned an old
+    WAL snapshot, and a row just written read back as missing (a 500 under load)."""
+    import asyncio
+
+    db = await Database.open(tmp_path / "db.sqlite", [Migration(1, "t", "CREATE TABLE t (x INTEGER);")])
+    done = False
+
+    async def noise() -> None:
+        while not done:
+            await db.fetchall("SELECT x FROM t")
+            await db.fetchone("SELECT count(*) FROM t")
+
+    tasks = [asyncio.create_task(noise()) for _ in range(8)]
+    try:
+        for i in range(300):
+            await db.execute("INSERT INTO t VALUES (?)", (i,))
+            assert (await db.fetchone("SELECT count(*) FROM t"))[0] == i + 1
+    finally:
+        done = True
+        await asyncio.gather(*tasks)
+        await db.close()

@@ -109,14 +109,15 @@ class Database:
             finally:
                 await self._writer.close()
 
-    # Reads see committed data only.
+    # Reads see committed data only. Each read runs, fetches and closes its statement in
+    # one call on the reader's thread: a cursor left open across an await would hold a
+    # read transaction, and every overlapping read would then see that old snapshot.
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        async with self._reader.execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = await self._reader.execute_fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = await self.fetchone(sql, params)
