@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from socialsync.common.wire import WireModel
+from socialsync.common.wire import QueryModel, RequestModel, WireModel
 
 
 class ServerStatus(StrEnum):
@@ -49,3 +49,86 @@ class Server(WireModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
+
+
+class ServerCreate(RequestModel):
+    """Seed: ``{"offerId": "12345", "image": "...", "onStartScript": "..."}``."""
+
+    offer_id: int | str = Field(description="The Vast offer to rent")
+    image: str | None = Field(default=None, max_length=1024, description="Docker image; default from settings")
+    on_start_script: str | None = Field(default=None, max_length=4000)
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    disk: float | None = Field(default=None, ge=8, le=4096, description="GB")
+    env: dict[str, str] | None = None
+
+
+class ServerLaunched(WireModel):
+    id: int
+    vast_id: str | None
+    status: ServerStatus
+    message: str
+
+
+class ServerUpdate(RequestModel):
+    """Seed: ``{"setupStatus": "ready", "metadata": {...}}``; metadata is merged, not replaced."""
+
+    setup_status: SetupStatus | None = None
+    metadata: dict[str, Any] | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    status: ServerStatus | None = Field(default=None, description="'stopped' or 'running' only")
+
+
+class ServerAttach(RequestModel):
+    name: str = Field(min_length=1, max_length=100)
+    comfy_url: str = Field(min_length=8, max_length=500, description="http(s)://host:port of ComfyUI")
+
+
+class ServerListQuery(QueryModel):
+    include: str | None = Field(default=None, description="'destroyed' to list destroyed servers too")
+
+
+class StatusChange(WireModel):
+    at: datetime
+    status: ServerStatus
+    setup_status: SetupStatus
+    reason: str | None = None
+
+
+class Offer(WireModel):
+    offer_id: str
+    gpu: str | None = None
+    gpu_count: int | None = None
+    gpu_ram: float | None = Field(default=None, description="GB per GPU")
+    cpu_cores: float | None = None
+    ram: float | None = Field(default=None, description="GB")
+    disk: float | None = Field(default=None, description="GB available")
+    price_per_hour: str = Field(examples=["0.50"])
+    price_per_day: str
+    location: str | None = None
+    country: str | None = None
+    reliability: float | None = None
+    verified: bool | None = None
+    direct_ports: int | None = None
+    internet_down: float | None = Field(default=None, description="Mbps")
+    internet_up: float | None = Field(default=None, description="Mbps")
+    dlperf: float | None = None
+    cuda: float | None = None
+
+
+class OfferQuery(QueryModel):
+    gpu_name: str | None = Field(default=None, max_length=100)
+    min_gpus: int | None = Field(default=None, ge=1, le=64)
+    max_gpus: int | None = Field(default=None, ge=1, le=64)
+    min_gpu_ram: float | None = Field(default=None, ge=0, description="GB per GPU")
+    max_price: float | None = Field(default=None, gt=0, description="$/h")
+    min_reliability: float | None = Field(default=None, ge=0, le=1)
+    region: str | None = Field(default=None, description="north-america, europe, asia-pacific, …")
+    country: str | None = Field(default=None, min_length=2, max_length=2)
+    min_disk: float | None = Field(default=None, ge=0, description="GB")
+    order: str | None = Field(default=None, description="price | -price | reliability | -reliability | gpu_ram | dlperf | score")
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class MessageResponse(WireModel):
+    success: bool = True
+    message: str

@@ -1,0 +1,159 @@
+"""The readiness gate (``setupStatus``): a running server is ``installing`` until its
+ComfyUI answers ``GET /system_stats``, then ``ready``; ``failed`` when it never answers
+within the deadline. A ready server that stops answering goes back to ``installing``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from typing import Any
+
+from socialsync.common.servers import ServerStatus, SetupStatus
+from socialsync.daemon.comfy.errors import ComfyError
+from socialsync.daemon.services.comfy_pool import ComfyPool
+from socialsync.daemon.services.fleet import FleetService
+from socialsync.daemon.settings import ComfySettings
+from socialsync.daemon.store import servers as store
+
+log = logging.getLogger(__name__)
+DEVICE_NAME = re.compile(r"^(?:cuda:\d+\s+)?(.*?)(?:\s*:\s*\w+)?$")
+
+
+def stats_metadata(stats: dict[str, Any]) -> dict[str, Any]:
+    """GPU name and VRAM from ``/system_stats`` (the server's own view of its hardware)."""
+    meta: dict[str, Any] = {}
+    system = stats.get("system") or {}
+    if system.get("comfyui_version"):
+        meta["comfyuiVersion"] = system["comfyui_version"]
+    devices = stats.get("devices") or []
+    if devices:
+        dev = devices[0]
+        match = DEVICE_NAME.match(str(dev.get("name") or ""))
+        meta["gpuName"] = match.group(1) if match else dev.get("name")
+        if isinstance(dev.get("vram_total"), int | float):
+            meta["vramTotal"] = int(dev["vram_total"])
+            meta["vramTotalGb"] = round(dev["vram_total"] / 2**30, 1)
+    return meta
+
+
+class Readiness:
+    def __init__(self, fleet: FleetService, pool: ComfyPool, settings: ComfySettings):
+        self.fleet = fleet
+        self.pool = pool
+        self.settings = settings
+        self.health_interval = settings.health_interval
+        self._tasks: dict[int, asyncio.Task] = {}
+        fleet.add_listener(self._on_change)
+
+    async def start(self) -> None:
+        """Pick up every server that is running now (after a daemon restart)."""
+        for row in await store.list_all(self.fleet.db):
+            if row["status"] == ServerStatus.RUNNING and row["comfy_url"]:
+                self._ensure(row)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def suspect(self, server_id: int) -> None:
+        """Someone (the watcher) lost contact: check now instead of at the next interval."""
+        task = self._tasks.get(server_id)
+        if task is not None and getattr(task, "phase", "") == "health":
+            task.cancel()
+            self._tasks.pop(server_id, None)
+            self._spawn(server_id, probe_first=True)
+
+    def _on_change(self, old, new) -> None:
+        # Runs inside the fleet's lock: only schedule here, never await the fleet.
+        if new["status"] == ServerStatus.RUNNING and new["comfy_url"]:
+            url_changed = old is not None and old["comfy_url"] != new["comfy_url"]
+            if url_changed:
+                self._cancel(new["id"])
+            if new["setup_status"] == SetupStatus.FAILED and (old is None or old["status"] == ServerStatus.RUNNING):
+                return
+            self._ensure(new)
+        else:
+            self._cancel(new["id"])
+            self.pool.forget(new["id"])
+
+    def _ensure(self, row) -> None:
+        if row["id"] in self._tasks:
+            return
+        self._spawn(row["id"], probe_first=row["setup_status"] != SetupStatus.READY)
+
+    def _spawn(self, server_id: int, probe_first: bool) -> None:
+        task = asyncio.create_task(self._run(server_id, probe_first), name=f"readiness-{server_id}")
+        self._tasks[server_id] = task
+        task.add_done_callback(lambda t, sid=server_id: self._tasks.pop(sid, None) if self._tasks.get(sid) is t
+                               else None)
+
+    def _cancel(self, server_id: int) -> None:
+        task = self._tasks.pop(server_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _run(self, server_id: int, probe_first: bool) -> None:
+        task = asyncio.current_task()
+        while True:
+            if probe_first:
+                task.phase = "probe"  # type: ignore[attr-defined]
+                if not await self._probe(server_id):
+                    return
+            probe_first = True
+            task.phase = "health"  # type: ignore[attr-defined]
+            await self._health(server_id)
+
+    async def _url(self, server_id: int) -> str | None:
+        row = await store.get(self.fleet.db, server_id)
+        if row is None or row["status"] != ServerStatus.RUNNING:
+            return None
+        return row["comfy_url"]
+
+    async def _probe(self, server_id: int) -> bool:
+        """pending/installing → ready (True) or failed (False) at the deadline."""
+        deadline = time.monotonic() + self.settings.ready_deadline
+        await self.fleet.set_setup(server_id, SetupStatus.INSTALLING, "waiting for ComfyUI to answer")
+        delay = self.settings.probe_interval
+        last_error = "no answer yet"
+        while True:
+            url = await self._url(server_id)
+            if url is None:
+                return False
+            try:
+                stats = await self.pool.client(server_id, url).system_stats()
+            except (ComfyError, ValueError) as exc:
+                last_error = str(exc) or type(exc).__name__
+            else:
+                await self.fleet.set_setup(server_id, SetupStatus.READY, "ComfyUI answers",
+                                           metadata=stats_metadata(stats))
+                return True
+            if time.monotonic() + delay > deadline:
+                reason = f"ComfyUI did not answer within {self.settings.ready_deadline:g} s: {last_error}"
+                await self.fleet.set_setup(server_id, SetupStatus.FAILED, reason)
+                log.warning("server setup failed server_id=%d reason=%s", server_id, reason)
+                return False
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 1.6, self.settings.probe_interval_max)
+
+    async def _health(self, server_id: int) -> None:
+        """Returns when a ready server stops answering (two failures in a row)."""
+        failures = 0
+        while True:
+            await asyncio.sleep(self.health_interval if failures == 0 else min(2.0, self.health_interval))
+            url = await self._url(server_id)
+            if url is None:
+                return
+            try:
+                await self.pool.client(server_id, url).system_stats()
+                failures = 0
+            except (ComfyError, ValueError) as exc:
+                failures += 1
+                if failures >= 2:
+                    log.warning("ready server stopped answering server_id=%d error=%s", server_id, exc)
+                    return

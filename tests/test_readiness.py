@@ -1,0 +1,70 @@
+"""Readiness over real sockets: daemon → Vast simulator → ComfyUI simulators."""
+
+from __future__ import annotations
+
+from fleet_helpers import fleet, server, wait_for
+from harness import free_port
+
+from socialsync.daemon import keys
+from socialsync.daemon.demo import DemoComfyProvider
+from socialsync.daemon.sim.comfyui import ComfySim
+
+FAST = {"probe_interval": 0.05, "probe_interval_max": 0.2, "health_interval": 0.2, "ready_deadline": 1.5}
+
+
+async def test_vast_server_goes_pending_installing_ready(tmp_path):
+    provider = DemoComfyProvider(tmp_path / "comfy", step_time=0.01)
+    async with fleet(tmp_path, sim_kw={"comfy_provider": provider}, comfy=FAST) as (_sim, d), d.session() as api:
+        events = d.app[keys.BUS].subscribe(1000)
+        offers = await (await api.get("/api/vast-offers", params={"order": "price"})).json()
+        async with api.post("/api/vast-servers", json={"offerId": offers[0]["offerId"]}) as r:
+            sid = (await r.json())["id"]
+        s = await wait_for(lambda: _setup(api, sid, "ready"))
+        assert s["status"] == "running"
+        assert s["metadata"]["gpuName"] == "NVIDIA GeForce RTX 4090" and s["metadata"]["vramTotalGb"] > 0
+        seen = []
+        while not events.queue.empty():
+            e = events.queue.get_nowait()
+            if e.type == "server_status" and e.data["serverId"] == sid:
+                pair = (e.data["status"], e.data["setupStatus"])
+                if not seen or seen[-1] != pair:
+                    seen.append(pair)
+        assert seen[0] == ("launching", "pending")
+        assert seen[-2:] == [("running", "installing"), ("running", "ready")]
+
+        # ComfyUI dies on a ready server: back to installing, then failed at the deadline.
+        vast_id = int(s["vastId"])
+        await provider.sims[vast_id].kill()
+        await wait_for(lambda: _setup(api, sid, "installing"), timeout=5)
+        failed = await wait_for(lambda: _setup(api, sid, "failed"), timeout=5)
+        assert "did not answer" in failed["statusMessage"]
+        await provider.close()
+
+
+async def test_attached_server_that_never_answers_fails(tmp_path):
+    async with fleet(tmp_path, comfy=FAST) as (_sim, d), d.session() as api:
+        async with api.post("/api/vast-servers/attach",
+                            json={"name": "dead", "comfyUrl": f"http://127.0.0.1:{free_port()}"}) as r:
+            sid = (await r.json())["id"]
+        s = await wait_for(lambda: _setup(api, sid, "failed"), timeout=6)
+        assert "did not answer within 1.5 s" in s["statusMessage"]
+        history = await (await api.get(f"/api/vast-servers/{sid}/history")).json()
+        assert [h["setupStatus"] for h in reversed(history)] == ["pending", "installing", "failed"]
+
+
+async def test_attached_comfyui_becomes_ready(tmp_path):
+    comfy = ComfySim(tmp_path / "models", step_time=0.01, seed_models=True)
+    await comfy.start("127.0.0.1", 0)
+    try:
+        async with fleet(tmp_path, comfy=FAST) as (_sim, d), d.session() as api:
+            async with api.post("/api/vast-servers/attach", json={"name": "home", "comfyUrl": comfy.base_url}) as r:
+                sid = (await r.json())["id"]
+            s = await wait_for(lambda: _setup(api, sid, "ready"))
+            assert s["serverUrl"] == comfy.base_url and s["metadata"]["comfyuiVersion"]
+    finally:
+        await comfy.stop()
+
+
+async def _setup(api, sid, setup):
+    s = await server(api, sid)
+    return s if s["setupStatus"] == setup else None
