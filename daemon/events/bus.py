@@ -41,6 +41,9 @@ class Event:
         return f"Event({self.type!r}, seq={self.seq})"
 
 
+_OVERFLOW: Any = object()  # queued in place of events once a subscription overflows
+
+
 class Subscription:
     """A bounded queue of events for one consumer. When the consumer falls behind the
     queue is not allowed to grow: it is marked ``overflowed`` and stops receiving, and
@@ -51,7 +54,6 @@ class Subscription:
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.accept = accept
         self.overflowed = False
-        self._wakeup = asyncio.Event()
 
     def deliver(self, event: Event) -> None:
         if self.overflowed or (self.accept is not None and not self.accept(event)):
@@ -60,25 +62,16 @@ class Subscription:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed = True
-            self._wakeup.set()
+            # Wake a consumer blocked in get() so it learns of the overflow at once.
+            self.queue.get_nowait()
+            self.queue.put_nowait(_OVERFLOW)
 
     async def get(self) -> Event | None:
         """The next event, or None once this subscription has overflowed."""
         if self.overflowed:
             return None
-        if not self.queue.empty():
-            return self.queue.get_nowait()
-        getter = asyncio.ensure_future(self.queue.get())
-        waker = asyncio.ensure_future(self._wakeup.wait())
-        try:
-            await asyncio.wait({getter, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waker.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        return None
+        event = await self.queue.get()
+        return None if event is _OVERFLOW else event
 
     def close(self) -> None:
         self._bus.unsubscribe(self)
