@@ -1,0 +1,142 @@
+"""The generations table and the images each one produced.
+
+Every state change after the insert is conditional on the row still being active
+(``queued``/``processing``): whoever reaches a final state first wins, and a late
+writer (a cancel racing a completion, a server failing while images download) is a
+no-op. Pages are read through the ``(server_id, id DESC)`` and
+``(server_id, status, id DESC)`` indexes: the inner query walks the index only, so a
+page costs the same at a million rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from socialsync.daemon.store.db import Database
+
+ACTIVE = ("queued", "processing")
+_ACTIVE_SQL = "status IN ('queued', 'processing')"
+
+INSERT_COLUMNS = ("server_id", "workflow_id", "principal", "prompt", "negative_prompt", "parameters", "checkpoint",
+                  "seed", "status", "progress", "steps", "queue_id", "priority", "attempts", "created_at")
+
+# The page queries: the inner query walks one index only (newest first), then the
+# rows of that page are fetched by id. ``{where}`` is built from fixed fragments.
+_PAGE = ("SELECT * FROM generations WHERE id IN (SELECT id FROM generations {where} "
+         "ORDER BY id DESC LIMIT ? OFFSET ?) ORDER BY id DESC")
+
+
+def page_sql(*, server_id: bool, status: bool, before_id: bool) -> str:
+    """The SQL of one page (exposed so a test can check its query plan)."""
+    terms = [t for t, on in (("server_id = ?", server_id), ("status = ?", status), ("id < ?", before_id)) if on]
+    return _PAGE.format(where="WHERE " + " AND ".join(terms) if terms else "")
+
+async def insert(db: Database, row: Mapping[str, Any]) -> int:
+    """Insert a generation and mark its server active (``last_activity_at``), together."""
+    values = {k: row.get(k) for k in INSERT_COLUMNS}
+    async with db.transaction() as conn:
+        cur = await conn.execute(
+            f"INSERT INTO generations ({', '.join(INSERT_COLUMNS)}) "
+            f"VALUES ({', '.join(':' + k for k in INSERT_COLUMNS)})", values)
+        if row.get("server_id") is not None:
+            await conn.execute("UPDATE servers SET last_activity_at = ? WHERE id = ?",
+                               (row["created_at"], row["server_id"]))
+        return cur.lastrowid or 0
+
+async def get(db: Database, generation_id: int):
+    return await db.fetchone("SELECT * FROM generations WHERE id = ?", (generation_id,))
+
+
+async def page(db: Database, *, server_id: int | None, status: str | None, limit: int, offset: int,
+               before_id: int | None = None):
+    sql = page_sql(server_id=server_id is not None, status=status is not None, before_id=before_id is not None)
+    params = [p for p in (server_id, status, before_id) if p is not None]
+    return await db.fetchall(sql, (*params, limit, offset))
+
+async def active(db: Database, server_id: int | None = None):
+    if server_id is None:
+        return await db.fetchall(f"SELECT * FROM generations WHERE {_ACTIVE_SQL} ORDER BY id")
+    return await db.fetchall(
+        f"SELECT * FROM generations WHERE server_id = ? AND {_ACTIVE_SQL} ORDER BY id", (server_id,))
+
+
+async def count_active(db: Database, server_id: int) -> int:
+    return await db.scalar(
+        f"SELECT count(*) FROM generations WHERE server_id = ? AND {_ACTIVE_SQL}", (server_id,)) or 0
+
+
+async def images_for(db: Database, generation_ids: Sequence[int]) -> dict[int, list[Any]]:
+    """The image rows of some generations, in the order they were recorded."""
+    found: dict[int, list[Any]] = {}
+    ids = list(generation_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for row in await db.fetchall(
+                f"SELECT * FROM generation_images WHERE generation_id IN ({marks}) ORDER BY generation_id, id", chunk):
+            found.setdefault(row["generation_id"], []).append(row)
+    return found
+
+
+async def mark_processing(db: Database, generation_id: int, started_at: str) -> bool:
+    async with db.transaction() as conn:
+        cur = await conn.execute(
+            "UPDATE generations SET status = 'processing', started_at = coalesce(started_at, ?) "
+            "WHERE id = ? AND status = 'queued'", (started_at, generation_id))
+        return cur.rowcount > 0
+
+
+async def set_progress(db: Database, generation_id: int, progress: int, step: int | None, steps: int | None) -> None:
+    await db.execute(
+        f"UPDATE generations SET progress = ?, step = ?, steps = coalesce(?, steps) WHERE id = ? AND {_ACTIVE_SQL}",
+        (progress, step, steps, generation_id))
+
+
+_DURATION = ("CAST(round((julianday(:at) - julianday(coalesce(started_at, created_at))) * 86400000) "
+             "AS INTEGER)")
+
+
+async def finish(db: Database, generation_id: int, *, status: str, completed_at: str, error: str | None = None,
+                 images: Iterable[Mapping[str, Any]] = (), timing: tuple[str, int] | None = None,
+                 ) -> tuple[bool, int | None]:
+    """Move an active row to a final state, with its images and the server's
+    ``last_activity_at``, in one transaction. Returns (changed, duration_ms); not
+    changed when the row was no longer active (someone else finished it first).
+    ``timing`` = (started_at, duration_ms) when known better than our own clock."""
+    started, duration = timing if timing is not None else (None, None)
+    async with db.transaction() as conn:
+        rows = await conn.execute_fetchall(
+            f"UPDATE generations SET status = :status, error = :error, completed_at = :at, "
+            f"started_at = coalesce(:started, started_at), duration_ms = coalesce(:duration, {_DURATION}), "
+            f"progress = CASE WHEN :status = 'completed' THEN 100 ELSE progress END "
+            f"WHERE id = :id AND {_ACTIVE_SQL} RETURNING server_id, duration_ms",
+            {"status": status, "error": error, "at": completed_at, "id": generation_id, "started": started,
+             "duration": duration})
+        found = next(iter(rows), None)
+        if found is None:
+            return False, None
+        images = list(images)
+        if images:
+            await conn.executemany(
+                "INSERT INTO generation_images (generation_id, node_id, filename, path, content_type, size, sha256, "
+                "width, height, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(generation_id, image.get("node_id"), image["filename"], image["path"], image["content_type"],
+                  image["size"], image["sha256"], image.get("width"), image.get("height"), completed_at)
+                 for image in images])
+        if found[0] is not None:
+            await conn.execute("UPDATE servers SET last_activity_at = ? WHERE id = ?", (completed_at, found[0]))
+        return True, found[1]
+
+
+async def recent_durations(db: Database, server_id: int, n: int = 20) -> list[int]:
+    rows = await db.fetchall(
+        "SELECT duration_ms FROM generations WHERE server_id = ? AND status = 'completed' "
+        "ORDER BY id DESC LIMIT ?", (server_id, n))
+    return [r[0] for r in rows if r[0] is not None]
+
+
+async def image(db: Database, generation_id: int, index: int):
+    return await db.fetchone(
+        "SELECT * FROM generation_images WHERE generation_id = ? ORDER BY id LIMIT 1 OFFSET ?", (generation_id, index))
+
