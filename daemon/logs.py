@@ -1,11 +1,14 @@
 """Logging to stderr: timestamps for a terminal, syslog priority prefixes and no
-timestamps when journald reads the stream (``JOURNAL_STREAM``). Configured secrets
-are scrubbed from every record as a last line of defence."""
+timestamps when journald reads the stream (``JOURNAL_STREAM``). Configured secrets,
+our own API keys, and credentials in the usual places (``Authorization:``, ``X-API-Key:``,
+``token=``, the session cookie) are scrubbed from every record as a last line of
+defence: code does not log them, but a library may echo a raw request."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable
 
@@ -31,6 +34,29 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in text.splitlines())
 
 
+REDACTED = "[redacted]"
+# What a credential looks like, wherever it comes from: keys we issue (``ssk_…``),
+# header values, query parameters and cookies, JSON fields. Group 1 is kept.
+CREDENTIALS = re.compile(
+    r"(ssk_)[A-Za-z0-9_-]{16,}"
+    r"|(?i:((?:authorization|proxy-authorization)\s*[:=]\s*(?:bearer\s+|basic\s+|token\s+)?))[^\s'\",]+"
+    r"|(?i:((?:x-api-key|cookie|set-cookie)\s*[:=]\s*))[^\r\n'\"]+"
+    r"|(?i:(\b(?:socialsync_session|api_?key|access_token|token|password|passwd|secret)=))[^&\s;,'\")]+"
+    r"|(?i:(\"(?:api_?key|key|token|password|secret)\"\s*:\s*\"))[^\"]*"
+)
+
+
+def _keep_name(match: re.Match[str]) -> str:
+    kept = next((g for g in match.groups() if g is not None), "")
+    return kept + REDACTED
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return CREDENTIALS.sub(_keep_name, text)
+
+
 class SecretFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()):
         super().__init__()
@@ -41,20 +67,16 @@ class SecretFilter(logging.Filter):
             self.secrets.append(secret)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        scrubbed = message
-        exc_text = record.exc_text or ""
-        for secret in self.secrets:
-            scrubbed = scrubbed.replace(secret, "[redacted]")
-            exc_text = exc_text.replace(secret, "[redacted]")
+        scrubbed = scrub(message, self.secrets)
         if scrubbed != message:
             record.msg, record.args = scrubbed, None
         if record.exc_text:
-            record.exc_text = exc_text
+            record.exc_text = scrub(record.exc_text, self.secrets)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info, self.secrets)
         return True
 
 
@@ -76,3 +98,8 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosqlite's DEBUG is every statement with its parameters (hashes, prompts, the
+    # instances' keys): too much, and not ours to show.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    # Python's warnings get the same prefixes and the same scrubbing.
+    logging.captureWarnings(True)
