@@ -56,6 +56,7 @@ class RateLimiter:
         self._clock = clock
         self._windows: dict[tuple[str, Category], deque[float]] = {}
         self._last_sweep = clock()
+        self.refusals: dict[Category, int] = {}  # 429s by category, for /metrics
 
     def limit_for(self, category: Category) -> int:
         return int(getattr(self.settings, category.value))
@@ -69,6 +70,8 @@ class RateLimiter:
         while stamps and stamps[0] <= horizon:
             stamps.popleft()
         allowed = len(stamps) < limit
+        if not allowed:
+            self.refusals[category] = self.refusals.get(category, 0) + 1
         stamps.append(now)
         # Remember no more than twice the limit: enough to keep refusing a flood.
         while len(stamps) > 2 * limit + 1:

@@ -1,0 +1,165 @@
+"""Benchmark: /api/stats, /api/server-analytics and /metrics with 1,000 servers and
+1,000,000 generations (plus their images and a status history), over real HTTP.
+
+    .venv/bin/python tests/bench/bench_analytics.py [--generations N] [--servers N] [--keep DIR]
+
+Not a test: it prints figures. The database is built once with plain sqlite3 (fast
+bulk inserts) after the daemon's own migrations created the schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import running_daemon
+
+from socialsync.daemon.store.db import Database
+
+
+def iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+async def create_schema(db_path: Path) -> None:
+    db = await Database.open(db_path)
+    await db.close()
+
+
+def seed(db_path: Path, n_servers: int, n_generations: int, days: int = 30) -> None:
+    rnd = random.Random(7)
+    now = datetime.now(UTC)
+    start = now - timedelta(days=days)
+    span = (now - start).total_seconds()
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    servers, history = [], []
+    for sid in range(1, n_servers + 1):
+        attached = sid % 10 == 0
+        created = start + timedelta(seconds=rnd.uniform(0, span * 0.8))
+        t = created
+        rows = [(t, "launching")]
+        t += timedelta(minutes=rnd.uniform(1, 5))
+        rows.append((t, "loading"))
+        t += timedelta(minutes=rnd.uniform(1, 5))
+        rows.append((t, "running"))
+        for _ in range(rnd.randint(1, 4)):  # stop/start cycles
+            t += timedelta(hours=rnd.uniform(1, 48))
+            rows.append((t, "stopped"))
+            t += timedelta(hours=rnd.uniform(0.5, 12))
+            rows.append((t, "running"))
+        rows = [(at, st) for at, st in rows if at < now]
+        status = rows[-1][1]
+        destroyed = None
+        if rnd.random() < 0.3 and t + timedelta(hours=1) < now:
+            destroyed = t + timedelta(hours=rnd.uniform(0.1, 1))
+            rows.append((destroyed, "destroyed"))
+            status = "destroyed"
+        price = f"{rnd.uniform(0.1, 3.0):.4f}"
+        disk = f"{rnd.uniform(0.001, 0.02):.4f}"
+        servers.append((sid, "attached" if attached else "vast", None if attached else 100000 + sid, f"s{sid}",
+                        None if attached else price, None if attached else disk, status,
+                        "ready" if status == "running" else "pending", iso(created), iso(created),
+                        iso(destroyed) if destroyed else None))
+        history += [(sid, iso(at), st, "pending") for at, st in rows]
+    conn.executemany(
+        "INSERT INTO servers (id, kind, vast_id, name, price_per_hour, disk_cost_per_hour, status, setup_status, "
+        "created_at, updated_at, destroyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", servers)
+    conn.executemany("INSERT INTO server_status_history (server_id, at, status, setup_status) VALUES (?, ?, ?, ?)",
+                     history)
+    conn.commit()
+
+    # One SQL statement for the million (the rollup triggers run for every row, as in production).
+    conn.execute(
+        "INSERT INTO generations (id, server_id, prompt, status, created_at, completed_at, duration_ms) "
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < :n), "
+        "g AS (SELECT i, abs(random()) % :servers + 1 AS sid, "
+        "      CASE WHEN i > :n - 100 THEN (CASE i % 2 WHEN 0 THEN 'queued' ELSE 'processing' END) "
+        "           WHEN i % 100 < 6 THEN 'failed' WHEN i % 100 < 8 THEN 'cancelled' ELSE 'completed' END AS status, "
+        "      :start + (:span * i) / (:n + 1) AS jd, 2000 + abs(random()) % 58000 AS dur FROM c) "
+        "SELECT i, sid, 'p', status, strftime('%Y-%m-%dT%H:%M:%fZ', jd), "
+        "       CASE WHEN status IN ('queued', 'processing') THEN NULL "
+        "            ELSE strftime('%Y-%m-%dT%H:%M:%fZ', jd + dur / 86400000.0) END, "
+        "       CASE WHEN status = 'completed' THEN dur END FROM g",
+        {"n": n_generations, "servers": n_servers, "span": span / 86400,
+         "start": conn.execute("SELECT julianday(?)", (iso(start),)).fetchone()[0]})
+    conn.commit()
+    conn.execute("INSERT INTO generation_images (generation_id, filename, path, content_type, size, sha256, created_at) "
+                 "SELECT id, 'i.png', '/x/i.png', 'image/png', 1, 'x', created_at FROM generations "
+                 "WHERE status = 'completed'")
+    conn.commit()
+    conn.execute("ANALYZE")
+    conn.close()
+    print(f"seeded servers={len(servers)} history={len(history)} generations={n_generations}", flush=True)
+
+
+async def measure(api, path: str, runs: int, **params) -> list[float]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        async with api.get(path, params=params) as r:
+            await r.read()
+            assert r.status == 200, (path, r.status, await r.text())
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def report(name: str, times: list[float]) -> None:
+    times = sorted(times)
+    p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
+    print(f"{name:<58} n={len(times):<3} p50={statistics.median(times):8.1f} ms  p95={p95:8.1f} ms  "
+          f"max={times[-1]:8.1f} ms", flush=True)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--servers", type=int, default=1000)
+    ap.add_argument("--generations", type=int, default=1_000_000)
+    ap.add_argument("--keep", type=Path, default=None, help="reuse/keep the state dir (seeded once)")
+    args = ap.parse_args()
+    tmp = None
+    if args.keep is None:
+        tmp = tempfile.TemporaryDirectory(prefix="socialsync-bench-")
+        state = Path(tmp.name) / "state"
+    else:
+        state = args.keep
+    db_path = state / "socialsync.db"
+    if not db_path.exists():
+        state.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        await create_schema(db_path)
+        seed(db_path, args.servers, args.generations)
+        print(f"seed took {time.perf_counter() - t0:.1f} s", flush=True)
+    try:
+        async with running_daemon(state) as d, d.session() as api:
+            now = datetime.now(UTC)
+            await measure(api, "/api/stats", 3)  # warm the page cache
+            report("GET /api/stats", await measure(api, "/api/stats", 50))
+            report("GET /metrics", await measure(api, "/metrics", 20))
+            report("GET /api/server-analytics (last 24 h, hourly)",
+                   await measure(api, "/api/server-analytics", 10, since=iso(now - timedelta(hours=24))))
+            report("GET /api/server-analytics (default: 7 days, daily)",
+                   await measure(api, "/api/server-analytics", 10))
+            report("GET /api/server-analytics (30 days, daily)",
+                   await measure(api, "/api/server-analytics", 5, since=iso(now - timedelta(days=30))))
+            report("GET /api/server-analytics?serverId=N (30 days)",
+                   await measure(api, "/api/server-analytics", 20, since=iso(now - timedelta(days=30)),
+                                 serverId="500"))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
