@@ -8,8 +8,9 @@ when ``SOCIALSYNC_VAST__API_KEY`` is not set, as the official Vast tools do.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
@@ -70,6 +71,7 @@ class VastSettings(BaseModel):
     min_direct_ports: int | None = 1
     request_timeout: float = 30.0
     retry_deadline: float = 60.0
+    retry_base: float = 0.5
     pacing: bool = True
     sync_interval: float = 30.0
     sync_interval_transitioning: float = 5.0
@@ -84,6 +86,7 @@ class ComfySettings(BaseModel):
     ready_deadline: float = 600.0
     probe_interval: float = 2.0
     probe_interval_max: float = 15.0
+    health_interval: float = 30.0
     request_timeout: float = 30.0
     username: str | None = None
     password: SecretStr | None = None
@@ -98,12 +101,79 @@ class EventSettings(BaseModel):
     zmq_hwm: int = 10_000
 
 
+class CostSettings(BaseModel):
+    """Cost control, enforced by the costs loop and the launch guard. Money is a decimal
+    string ("25.00"); ``None`` switches a rule off."""
+
+    idle_stop_minutes: float | None = Field(default=None, gt=0, description="stop a ready server idle this long")
+    idle_action: Literal["stop", "destroy"] = "stop"
+    daily_cap: Decimal | None = Field(default=None, ge=0, description="$ per UTC day")
+    monthly_cap: Decimal | None = Field(default=None, ge=0, description="$ per UTC month")
+    max_price_per_hour: Decimal | None = Field(default=None, gt=0, description="refuse offers above this $/h")
+    launch_horizon_hours: float = Field(default=1.0, ge=0, description="a launch must fit under the caps this long")
+    check_interval: float = Field(default=60.0, gt=0, description="seconds between cost checks")
+    metrics_auth: bool = True  # /metrics needs a viewer credential
+
+
+class ModelSettings(BaseModel):
+    """Model downloads: hub tokens, SSH to the servers, the remote fetch program."""
+
+    hf_token: SecretStr | None = None
+    civitai_token: SecretStr | None = None
+    #: Hosts (and their subdomains) that receive the matching token; only over https
+    #: (or loopback). Never sent anywhere else, nor on a redirect to another host.
+    hf_hosts: list[str] = Field(default_factory=lambda: ["huggingface.co", "hf.co"])
+    civitai_hosts: list[str] = Field(default_factory=lambda: ["civitai.com"])
+    comfy_root: str = "/workspace/ComfyUI"  # ComfyUI's directory on a rented server
+    python: str = "python3"
+    ssh_user: str = "root"
+    ssh_connect_timeout: float = 20.0
+    ssh_host_key_policy: Literal["tofu", "accept"] = "tofu"  # tofu: remember each server's key on first use
+    download_deadline: float = 6 * 3600.0
+    stall_timeout: float = 120.0  # a download with no byte for this long is retried (resumed)
+    attempts: int = 6  # SSH runs per download (each resumes where the last stopped)
+    retry_base: float = 2.0
+    progress_interval: float = 0.5  # the remote program's progress lines
+    event_interval: float = 0.25  # model_download events: at most 4/s per download
+    max_per_server: int = 2
+    manager_poll: float = 2.0
+
+
 class SimSettings(BaseModel):
     """The in-process simulators of ``--demo``."""
 
     boot_seconds: float = 4.0
     step_time: float = 0.15
     offers: int = 24
+
+
+class SchedulerSettings(BaseModel):
+    """The durable queue of ``POST /api/generate``: dispatch, fairness, webhooks, the
+    dead-man switch of launched servers and the optional autoscaling rule."""
+
+    per_server_concurrency: int = Field(default=2, ge=1, le=64, description="prompts in one ComfyUI queue")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="dispatches of one generation")
+    principal_queue_cap: int | None = Field(default=None, ge=1, description="queued items per principal")
+    safety_interval: float = Field(default=2.0, gt=0, description="seconds between wake-ups while blocked")
+    webhook_secret: SecretStr | None = None  # default: a random secret kept in <state>/webhook.secret
+    webhook_default_url: str | None = None
+    webhook_allow_private: bool = False
+    webhook_retry_deadline: float = Field(default=3600.0, gt=0, description="seconds of retries per delivery")
+    webhook_retry_base: float = Field(default=2.0, gt=0)
+    webhook_retry_max: float = Field(default=300.0, gt=0)
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    deadman_timeout: float | None = Field(default=None, gt=0, description="seconds without a lease; None = off")
+    deadman_renew_interval: float = Field(default=60.0, gt=0)
+    deadman_grace: float = Field(default=3600.0, ge=0, description="extra time for the first lease after boot")
+    deadman_check_interval: int = Field(default=15, ge=1, le=600, description="the container's check period")
+    autoscale: bool = False
+    queue_wait_threshold: float = Field(default=300.0, gt=0, description="seconds the oldest item waited")
+    autoscale_max_servers: int = Field(default=4, ge=1)
+    autoscale_cooldown: float = Field(default=600.0, ge=0)
+    autoscale_gpu_name: str | None = None
+    autoscale_min_gpu_ram: float | None = None
+    autoscale_max_price: float | None = None
+    autoscale_image: str | None = None
 
 
 class Settings(BaseSettings):
@@ -127,6 +197,9 @@ class Settings(BaseSettings):
     comfy: ComfySettings = Field(default_factory=ComfySettings)
     events: EventSettings = Field(default_factory=EventSettings)
     sim: SimSettings = Field(default_factory=SimSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    costs: CostSettings = Field(default_factory=CostSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
     @property
     def db_path(self) -> Path:
@@ -146,7 +219,8 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every configured secret, for redaction and for tests that grep for leaks."""
-        found = [self.vast.api_key, self.comfy.password, self.comfy.token]
+        found = [self.vast.api_key, self.comfy.password, self.comfy.token,
+                 self.models.hf_token, self.models.civitai_token, self.scheduler.webhook_secret]
         return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
 
 
@@ -171,4 +245,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     settings = _Settings(**{k: v for k, v in overrides.items() if v is not None})
     if settings.vast.api_key is None and os.environ.get("VAST_API_KEY"):
         settings.vast.api_key = SecretStr(os.environ["VAST_API_KEY"])
+    for field, var in (("hf_token", "HF_TOKEN"), ("civitai_token", "CIVITAI_TOKEN")):
+        if getattr(settings.models, field) is None and os.environ.get(var):
+            setattr(settings.models, field, SecretStr(os.environ[var]))
     return settings

@@ -8,7 +8,8 @@ from harness import running_daemon
 
 # Tests never read the developer's own configuration or Vast key.
 for var in list(os.environ):
-    if var.startswith("SOCIALSYNC_") or var in ("VAST_API_KEY", "CONFIGURATION_DIRECTORY", "STATE_DIRECTORY"):
+    if var.startswith("SOCIALSYNC_") or var in ("VAST_API_KEY", "HF_TOKEN", "CIVITAI_TOKEN",
+                                                "CONFIGURATION_DIRECTORY", "STATE_DIRECTORY", "RUNTIME_DIRECTORY"):
         del os.environ[var]
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="socialsync-test-config-")
 

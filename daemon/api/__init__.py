@@ -9,6 +9,14 @@ from socialsync.daemon.api.registry import RouteSpec
 ROUTE_MODULES = (
     "system_routes",
     "auth_routes",
+    "events_routes",
+    "servers_routes",
+    "analytics_routes",
+    "models_routes",
+    "workflows_routes",
+    "generations_routes",
+    "queue_routes",
+    "images_routes",
 )
 
 
