@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from socialsync.daemon.sim.clock import Clock, ManualClock
@@ -59,6 +60,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+#: An onstart script with this marker runs the daemon's dead-man loop (see
+#: ``daemon/services/deadman.py``); the sim emulates that loop on every tick.
+DEADMAN_MARKER = "# socialsync-deadman"
 
 # ---------------------------------------------------------------------------- catalogue
 
@@ -605,6 +609,25 @@ def _gateway_html(status: int) -> bytes:
     ).encode()
 
 
+def _deadman_spec(onstart: str | None) -> tuple[float, float, str] | None:
+    """(timeout, grace, lease file name) of an onstart script with the dead-man loop."""
+    if not onstart or DEADMAN_MARKER not in onstart:
+        return None
+    values: dict[str, str] = {}
+    try:
+        tokens = shlex.split(onstart.split(DEADMAN_MARKER, 1)[1])
+    except ValueError:
+        return None
+    for token in tokens:
+        name, _, value = token.partition("=")
+        if name in ("TIMEOUT", "GRACE", "LEASE") and name not in values:
+            values[name] = value
+    try:
+        return float(values["TIMEOUT"]), float(values.get("GRACE", "0")), values["LEASE"].rsplit("/", 1)[-1]
+    except (KeyError, ValueError):
+        return None
+
+
 def _parse_env_string(text: str) -> dict[str, str]:
     """The CLI's docker-flag string → env object: ``-e A=B -p 8188:8188 -h name``."""
     out: dict[str, str] = {}
@@ -756,6 +779,11 @@ class VastSim:
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._deadman_since: dict[tuple[int, int], float] = {}
+        self._deadman_firing: set[int] = set()
+        self._deadman_tasks: set[asyncio.Task[None]] = set()
+        #: (instance id, HTTP status) of every stop the emulated dead-man loop sent.
+        self.deadman_stops: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -779,6 +807,8 @@ class VastSim:
     async def stop(self) -> None:
         """Stop listening, cancel the ticker and any slow answers, and tell providers everything is gone."""
         self._stopping.set()
+        for task in list(self._deadman_tasks):
+            task.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
@@ -1378,6 +1408,7 @@ class VastSim:
                     inst.note = "Instance stopped: insufficient credit"
                     self._set_plan(inst, now, [("stopped", None)])
                     self._tear_down(inst)
+        self._deadman_check()
         pending: set[asyncio.Task[None]] = set(self._gone_tasks)
         for inst in self.instances.values():
             if inst.phase == "running" and inst.fault not in ("exited", "offline") and not inst.up:
@@ -1387,6 +1418,48 @@ class VastSim:
         pending = {t for t in pending if not t.done()}
         if pending:
             await asyncio.wait(pending, timeout=self.provider_timeout)
+
+    def _deadman_check(self) -> None:
+        """The container's dead-man loop: the lease file's age in the instance's ComfyUI
+        input folder (wall-clock mtime, as ``stat`` sees it) against ``TIMEOUT``, or the
+        time since the container started against ``TIMEOUT + GRACE`` before any lease.
+        Stale: the instance stops itself through the API with its own key."""
+        sims = getattr(self.comfy_provider, "sims", None)
+        now = time.time()
+        for inst in self.instances.values():
+            spec = _deadman_spec(inst.onstart)
+            if spec is None or inst.phase != "running" or inst.intended != "running" or not inst.up:
+                continue
+            timeout, grace, lease = spec
+            since = self._deadman_since.setdefault((inst.id, inst.gen), now)
+            sim = sims.get(inst.id) if isinstance(sims, dict) else None
+            path = getattr(sim, "input_dir", None)
+            stat = None
+            if path is not None:
+                try:
+                    stat = (path / lease).stat()
+                except OSError:
+                    stat = None
+            fresh = stat is not None and stat.st_mtime > since  # a lease from before a stop does not count
+            age, limit = (now - stat.st_mtime, timeout) if fresh and stat else (now - since, timeout + grace)
+            if age > limit and inst.id not in self._deadman_firing and self.base_url:
+                self._deadman_firing.add(inst.id)
+                task = asyncio.get_running_loop().create_task(self._deadman_stop(inst.id, inst.api_key))
+                self._deadman_tasks.add(task)  # not awaited by _settle: its request settles too
+                task.add_done_callback(self._deadman_tasks.discard)
+
+    async def _deadman_stop(self, instance_id: int, key: str) -> None:
+        body = {"state": "stopped"}
+        try:
+            async with aiohttp.ClientSession() as session, session.put(
+                    f"{self.base_url}/api/v0/instances/{instance_id}/", json=body,
+                    headers={"Authorization": f"Bearer {key}"}) as resp:
+                self.deadman_stops.append((instance_id, resp.status))
+                log.info("dead-man stop instance_id=%d status=%d", instance_id, resp.status)
+        except aiohttp.ClientError as exc:
+            log.warning("dead-man stop failed instance_id=%d error=%s", instance_id, exc)
+        finally:
+            self._deadman_firing.discard(instance_id)
 
     async def _bring_up(self, inst: SimInstance, gen: int) -> None:
         comfy_port: int | None = None

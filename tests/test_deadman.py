@@ -1,0 +1,63 @@
+"""The dead-man switch: a launched server gets the onstart loop, the daemon renews its
+lease through ComfyUI, and once the daemon is gone the (simulated) instance stops
+itself with its own per-instance key."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fleet_helpers import VAST_KEY, vast_settings, wait_for
+from gen_helpers import FAST, wait_ready
+from harness import running_daemon
+
+from socialsync.daemon import keys
+from socialsync.daemon.demo import DemoComfyProvider
+from socialsync.daemon.services.deadman import LEASE_NAME, MARKER
+from socialsync.daemon.sim.vast import VastSim, demo_catalog
+
+
+async def test_instance_stops_itself_after_the_daemon_dies(tmp_path):
+    provider = DemoComfyProvider(tmp_path / "comfy", step_time=0.01)
+    sim = VastSim(api_key=VAST_KEY, boot_seconds=0.3, catalog=demo_catalog(), comfy_provider=provider,
+                  auto_tick=0.1)
+    await sim.start()
+    try:
+        async with running_daemon(tmp_path / "state", vast=vast_settings(sim), comfy=FAST,
+                                  scheduler={"deadman_timeout": 1.5, "deadman_renew_interval": 0.2}) as d, \
+                d.session() as api:
+            offer = next(iter(sim.offers))
+            async with api.post("/api/vast-servers", json={"offerId": str(offer), "onStartScript": "echo hi"}) as r:
+                assert r.status == 201, await r.text()
+                launched = await r.json()
+            vast_id = int(launched["vastId"])
+            onstart = sim.instances[vast_id].onstart
+            assert onstart.startswith("echo hi\n") and MARKER in onstart
+            assert VAST_KEY not in onstart and sim.instances[vast_id].api_key not in onstart
+            await wait_ready(api, launched["id"], timeout=15)
+            lease = provider.sims[vast_id].input_dir / LEASE_NAME
+            await wait_for(lease.exists, timeout=5)
+            await asyncio.sleep(2.5)  # longer than the timeout: the renewals keep it running
+            assert sim.instances[vast_id].phase == "running" and not sim.deadman_stops
+            assert d.app[keys.DEADMAN].renewals >= 3
+        # The daemon is gone: nobody renews.
+        await wait_for(lambda: sim.instances[vast_id].phase == "stopped", timeout=8)
+        assert sim.deadman_stops == [(vast_id, 200)]
+        stop = [q for q in sim.requests_for("manage") if q.json == {"state": "stopped"}][-1]
+        assert stop.headers["Authorization"] == f"Bearer {sim.instances[vast_id].api_key}"
+    finally:
+        await sim.stop()
+        await provider.close()
+
+
+async def test_switch_is_off_by_default(tmp_path):
+    sim = VastSim(api_key=VAST_KEY, boot_seconds=0.3, catalog=demo_catalog())
+    await sim.start()
+    try:
+        async with running_daemon(tmp_path / "state", vast=vast_settings(sim)) as d, d.session() as api:
+            offer = next(iter(sim.offers))
+            async with api.post("/api/vast-servers", json={"offerId": str(offer)}) as r:
+                launched = await r.json()
+            assert sim.instances[int(launched["vastId"])].onstart is None
+            assert not d.app[keys.DEADMAN].enabled
+    finally:
+        await sim.stop()
