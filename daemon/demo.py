@@ -22,12 +22,14 @@ DEMO_KEY = "demo-vast-key"
 
 
 class DemoComfyProvider:
-    """Gives every simulated instance that reaches ``running`` its own ComfyUI simulator."""
+    """Gives every simulated instance that reaches ``running`` its own ComfyUI simulator.
+    With ``shared_models`` they all list one models folder (the demo); without, each has
+    its own under ``root/comfy-<id>`` (what a download test needs)."""
 
-    def __init__(self, root: Path, step_time: float):
+    def __init__(self, root: Path, step_time: float, *, shared_models: bool = True):
         self.root = root
         self.step_time = step_time
-        self.models_dir = root / "models"
+        self.models_dir = root / "models" if shared_models else None
         self.sims: dict[int, ComfySim] = {}
 
     async def on_running(self, instance: dict[str, Any]) -> int:

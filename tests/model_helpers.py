@@ -8,11 +8,8 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-
-from socialsync.daemon.sim.comfyui import ComfySim
 
 HF_TOKEN = "hf_FAKE_TOKEN_123"
 CIVITAI_TOKEN = "civitai_FAKE_TOKEN_456"
@@ -129,34 +126,6 @@ class FileServer:
             await asyncio.sleep(self.delay)
         await resp.write_eof()
         return resp
-
-
-class ComfyProvider:
-    """Vast sim ``comfy_provider``: one ComfyUI simulator per instance, each with its own
-    models directory under ``root/comfy-<id>``."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.sims: dict[int, ComfySim] = {}
-
-    async def on_running(self, instance: dict[str, Any]) -> int:
-        iid = int(instance["id"])
-        old = self.sims.pop(iid, None)
-        if old is not None:
-            await old.stop()
-        sim = ComfySim(step_time=0.01, seed_models=True, base_dir=self.root / f"comfy-{iid}")
-        await sim.start("127.0.0.1", 0)
-        self.sims[iid] = sim
-        return sim.port
-
-    async def on_gone(self, instance_id: int) -> None:
-        sim = self.sims.pop(int(instance_id), None)
-        if sim is not None:
-            await sim.stop()
-
-    async def close(self) -> None:
-        for iid in list(self.sims):
-            await self.on_gone(iid)
 
 
 def leftovers(folder: Path) -> list[str]:

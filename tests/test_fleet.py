@@ -269,6 +269,8 @@ async def test_one_paged_list_per_sync_for_60_servers(tmp_path):
         for i in range(60):
             sim.add_instance(label=f"{fleet_svc.label_prefix}{1000 + i}", status="running")
         await fleet_svc.sync_once()
+        # Each new server gets our SSH key once (for model downloads); that is not the sync.
+        await wait_for(lambda: len({r.path for r in sim.requests_for("ssh")}) == 60, timeout=30)
         sim.clear_requests()
         report = await fleet_svc.sync_once()
         assert report.pages == 3 and report.listed == 60

@@ -11,9 +11,10 @@ from itertools import pairwise
 
 import orjson
 from fleet_helpers import fleet, server, wait_for
-from model_helpers import CIVITAI_TOKEN, HF_TOKEN, TOKENS, ComfyProvider, FileServer, blob, leftovers, sha
+from model_helpers import CIVITAI_TOKEN, HF_TOKEN, TOKENS, FileServer, blob, leftovers, sha
 
 from socialsync.daemon import keys
+from socialsync.daemon.demo import DemoComfyProvider
 from socialsync.daemon.sim.ssh import SshSim, comfy_roots
 
 FAST = {"probe_interval": 0.05, "probe_interval_max": 0.2, "health_interval": 0.5, "ready_deadline": 5}
@@ -68,7 +69,7 @@ class Recorder:
 
 @asynccontextmanager
 async def ssh_fleet(tmp_path, **models):
-    provider = ComfyProvider(tmp_path / "comfy")
+    provider = DemoComfyProvider(tmp_path / "comfy", step_time=0.01, shared_models=False)
     ssh = SshSim(comfy_roots(provider.sims))
     files = FileServer()
     await files.start()

@@ -15,6 +15,7 @@ from socialsync.common.servers import ServerStatus, SetupStatus
 from socialsync.daemon.comfy.errors import ComfyError
 from socialsync.daemon.services.comfy_pool import ComfyPool
 from socialsync.daemon.services.fleet import FleetService
+from socialsync.daemon.services.tasks import KeyedTasks
 from socialsync.daemon.settings import ComfySettings
 from socialsync.daemon.store import servers as store
 
@@ -45,7 +46,7 @@ class Readiness:
         self.pool = pool
         self.settings = settings
         self.health_interval = settings.health_interval
-        self._tasks: dict[int, asyncio.Task] = {}
+        self._tasks = KeyedTasks()
         fleet.add_listener(self._on_change)
 
     async def start(self) -> None:
@@ -55,18 +56,13 @@ class Readiness:
                 self._ensure(row)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.stop()
 
     def suspect(self, server_id: int) -> None:
         """Someone (the watcher) lost contact: check now instead of at the next interval."""
         task = self._tasks.get(server_id)
         if task is not None and getattr(task, "phase", "") == "health":
-            task.cancel()
-            self._tasks.pop(server_id, None)
+            self._tasks.cancel(server_id)
             self._spawn(server_id, probe_first=True)
 
     def _on_change(self, old, new) -> None:
@@ -88,15 +84,10 @@ class Readiness:
         self._spawn(row["id"], probe_first=row["setup_status"] != SetupStatus.READY)
 
     def _spawn(self, server_id: int, probe_first: bool) -> None:
-        task = asyncio.create_task(self._run(server_id, probe_first), name=f"readiness-{server_id}")
-        self._tasks[server_id] = task
-        task.add_done_callback(lambda t, sid=server_id: self._tasks.pop(sid, None) if self._tasks.get(sid) is t
-                               else None)
+        self._tasks.spawn(server_id, self._run(server_id, probe_first), name=f"readiness-{server_id}")
 
     def _cancel(self, server_id: int) -> None:
-        task = self._tasks.pop(server_id, None)
-        if task is not None:
-            task.cancel()
+        self._tasks.cancel(server_id)
 
     async def _run(self, server_id: int, probe_first: bool) -> None:
         task = asyncio.current_task()

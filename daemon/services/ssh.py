@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from socialsync.common.servers import ServerStatus
 from socialsync.daemon.services.fleet import FleetService
+from socialsync.daemon.services.tasks import KeyedTasks
 from socialsync.daemon.store import servers as servers_store
 from socialsync.daemon.vast import VastError, VastNotFoundError
 
@@ -175,7 +176,7 @@ class KeyAttacher:
         self.identity = identity
         self.retry_base = retry_base
         self._done: dict[int, int] = {}  # server id → vast id the key is on
-        self._tasks: dict[int, asyncio.Task[bool]] = {}
+        self._tasks = KeyedTasks()
         fleet.add_listener(self._on_change)
 
     async def start(self) -> None:
@@ -184,11 +185,7 @@ class KeyAttacher:
                 self._schedule(row["id"], int(row["vast_id"]))
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.stop()
 
     def _on_change(self, old, new) -> None:
         # Runs inside the fleet's lock: only schedule.
@@ -200,14 +197,8 @@ class KeyAttacher:
             self._schedule(new["id"], int(new["vast_id"]))
 
     def _schedule(self, server_id: int, vast_id: int) -> asyncio.Task[bool]:
-        task = self._tasks.get(server_id)
-        if task is not None and not task.done():
-            return task
-        task = asyncio.get_running_loop().create_task(self._attach(server_id, vast_id, attempts=4))
-        self._tasks[server_id] = task
-        task.add_done_callback(lambda t, sid=server_id: self._tasks.pop(sid, None) if self._tasks.get(sid) is t
-                               else None)
-        return task
+        return self._tasks.get(server_id) or self._tasks.spawn(
+            server_id, self._attach(server_id, vast_id, attempts=4), name=f"ssh-key-{server_id}")
 
     def attached(self, server_id: int, vast_id: int) -> bool:
         return self._done.get(server_id) == vast_id
@@ -219,10 +210,7 @@ class KeyAttacher:
         vast_id = int(row["vast_id"])
         if self.attached(row["id"], vast_id):
             return True
-        task = self._tasks.get(row["id"])
-        if task is None or task.done():
-            task = self._schedule(row["id"], vast_id)
-        return await asyncio.shield(task)
+        return await asyncio.shield(self._schedule(row["id"], vast_id))
 
     async def _attach(self, server_id: int, vast_id: int, attempts: int) -> bool:
         vast = self.fleet.vast
