@@ -11,10 +11,10 @@ from enum import StrEnum
 
 from pydantic import Field
 
+from socialsync.common.events import COST_ACTION  # noqa: F401  (re-exported)
 from socialsync.common.wire import QueryModel, WireModel
 
 #: The event of every automatic cost action (idle stop/destroy, cap stop, refused launch).
-COST_ACTION = "cost_action"
 
 
 class Bucket(StrEnum):

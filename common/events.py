@@ -16,6 +16,7 @@ GENERATION_PROGRESS = "generation_progress"
 GENERATION_COMPLETED = "generation_completed"
 GENERATION_FAILED = "generation_failed"
 MODEL_DOWNLOAD = "model_download"
+COST_ACTION = "cost_action"
 AUDIT = "audit"
 LOG = "log"
 
@@ -64,7 +65,7 @@ HEARTBEAT = "heartbeat"  # ZeroMQ only: liveness, the daemon's epoch and its cur
 CONTROL_TYPES = frozenset({HELLO, RESNAPSHOT, SUBSCRIBED, PONG, ERROR, HEARTBEAT})
 
 EVENT_TYPES = (SERVER_STATUS, GENERATION_PROGRESS, GENERATION_COMPLETED, GENERATION_FAILED, MODEL_DOWNLOAD,
-               AUDIT, LOG)
+               COST_ACTION, AUDIT, LOG)
 # Events that are always about one server: with a serverIds filter they pass only for those.
 SERVER_EVENT_TYPES = frozenset({SERVER_STATUS, MODEL_DOWNLOAD})
 

@@ -19,7 +19,7 @@ from socialsync.daemon.api.registry import Ctx, make_handler, outcome_of
 from socialsync.daemon.demo import demo_ctx
 from socialsync.daemon.events import EventBus
 from socialsync.daemon.metrics import Metrics
-from socialsync.daemon.services.analytics import AnalyticsService
+from socialsync.daemon.services.analytics import AnalyticsService, ReadConnection
 from socialsync.daemon.services.audit import AuditService
 from socialsync.daemon.services.auth import AuthService
 from socialsync.daemon.services.comfy_pool import ComfyPool
@@ -191,7 +191,7 @@ async def _costs(app: web.Application) -> AsyncIterator[None]:
     """Analytics, the /metrics gauges, and cost control (its launch guard and loop)."""
     settings = app[keys.SETTINGS]
     fleet = app[keys.FLEET]
-    heavy = await Database.open(settings.db_path, migrations=[])  # analytics windows read on their own
+    heavy = await ReadConnection.open(settings.db_path)  # analytics windows read on their own
     analytics = AnalyticsService(app[keys.DB], settings, app[keys.VAST], heavy=heavy)
     app[keys.ANALYTICS] = analytics
     costs = CostService(app[keys.DB], app[keys.BUS], app[keys.AUDIT], fleet, analytics, settings)

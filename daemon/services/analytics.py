@@ -43,7 +43,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+
+import aiosqlite
 
 from socialsync.common.analytics import (
     AnalyticsQuery,
@@ -148,6 +151,29 @@ PERCENTILE_EXACT_LIMIT = 200_000  # completed generations in a window; beyond, a
 @functools.lru_cache(maxsize=8192)
 def _dec(text: str | None) -> Decimal:
     return to_decimal(text)
+
+
+class ReadConnection:
+    """A read-only connection of its own for the analytics windows (WAL: it sees every
+    commit and never blocks the writer or the shared reader)."""
+
+    def __init__(self, conn: aiosqlite.Connection):
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, path: Path | str) -> ReadConnection:
+        conn = await aiosqlite.connect(str(path), isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA query_only=ON")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        return cls(conn)
+
+    async def fetchall(self, sql: str, params: Any = ()) -> list[aiosqlite.Row]:
+        async with self._conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def close(self) -> None:
+        await self._conn.close()
 
 
 def to_ms(dt: datetime) -> int:
@@ -279,12 +305,12 @@ def _server_filter(column: str, sid: int | None) -> str:
 
 
 class AnalyticsService:
-    """``db`` is the daemon's shared reader (dashboard, gauges, cost checks: all cheap);
-    ``heavy`` (default: the same) serves the analytics windows, so a month of a big
-    fleet never holds up the rest of the API."""
+    """``db`` is the daemon's database (dashboard, gauges, cost checks: all cheap);
+    ``heavy`` (default: the same; the daemon gives it a ``ReadConnection``) serves the
+    analytics windows, so a month of a big fleet never holds up the rest of the API."""
 
     def __init__(self, db: Database, settings: Settings, vast: VastClient | None,
-                 clock: Callable[[], float] = time.time, heavy: Database | None = None):
+                 clock: Callable[[], float] = time.time, heavy: Database | ReadConnection | None = None):
         self.db = db
         self.heavy = heavy or db
         self.settings = settings
@@ -443,20 +469,17 @@ class AnalyticsService:
         # seek per server; a 1-in-N sample by id past PERCENTILE_EXACT_LIMIT.
         every = max(1, math.ceil(fleet.completed / PERCENTILE_EXACT_LIMIT))
         params = {"since": iso_ms(since), "until": iso_ms(until), "every": every, **sid_params}
-        everything: list[int] = []
-        for r in await self.heavy.fetchall(
-                "SELECT server_id, group_concat(duration_ms) AS d "
-                "FROM generations INDEXED BY generations_server_done "
-                f"WHERE server_id IN (SELECT id FROM servers WHERE 1{_server_filter('id', sid)}) "
-                "AND status = 'completed' AND created_at >= :since AND created_at < :until "
-                "AND duration_ms IS NOT NULL AND id % :every = 0 GROUP BY server_id", params):
-            if not r["d"]:
-                continue
-            values = sorted(map(int, r["d"].split(",")))
-            _percentiles(figures[r["server_id"]], values)
-            everything.extend(values)
-        everything.sort()
-        _percentiles(fleet, everything)
+        rows = await self.heavy.fetchall(
+            "SELECT server_id, group_concat(duration_ms) AS d "
+            "FROM generations INDEXED BY generations_server_done "
+            f"WHERE server_id IN (SELECT id FROM servers WHERE 1{_server_filter('id', sid)}) "
+            "AND status = 'completed' AND created_at >= :since AND created_at < :until "
+            "AND duration_ms IS NOT NULL AND id % :every = 0 GROUP BY server_id", params)
+        # Parsing and sorting up to PERCENTILE_EXACT_LIMIT numbers: off the event loop.
+        per_server, whole = await asyncio.to_thread(_percentiles_of, [(r[0], r[1]) for r in rows if r[1]])
+        for server_id, (p50, p95) in per_server.items():
+            figures[server_id].duration_p50_ms, figures[server_id].duration_p95_ms = p50, p95
+        fleet.duration_p50_ms, fleet.duration_p95_ms = whole
         for f in figures.values():
             decided = f.completed + f.failed
             f.success_rate = round(f.completed / decided, 4) if decided else None
@@ -466,7 +489,6 @@ class AnalyticsService:
         size = HOUR_MS if bucket == Bucket.HOUR else DAY_MS
         first = since - since % size
         count = (until - 1) // size - since // size + 1
-        spend = [Decimal(0)] * count
         prices: dict[int, Prices] = {}
         spans = await self.spans(since, until, sid)
         if spans:
@@ -475,19 +497,7 @@ class AnalyticsService:
             for r in await self.heavy.fetchall(
                     f"SELECT id, kind, price_per_hour, disk_cost_per_hour FROM servers WHERE id IN ({marks})", ids):
                 prices[r["id"]] = Prices.of(r["kind"], r["price_per_hour"], r["disk_cost_per_hour"])
-        for r in spans:
-            pr = prices.get(r["server_id"])
-            if pr is None or not pr.billed:
-                continue
-            rate = pr.price if r["status"] == ServerStatus.RUNNING else pr.disk
-            if not rate:
-                continue
-            s, e = r["s"], r["e"]
-            i = (s - first) // size
-            while s < e:
-                end = min(e, first + (i + 1) * size)
-                spend[i] += rate * (end - s) / MS_PER_HOUR
-                s, i = end, i + 1
+        spend = await asyncio.to_thread(_spread, [(r[0], r[1], r[2], r[3]) for r in spans], prices, first, size, count)
 
         # Generations by hour of creation: the fleet's whole hours from the counters,
         # partial hours (and one server's, always) from the generations themselves.
@@ -624,10 +634,44 @@ class AnalyticsService:
             await asyncio.gather(task, return_exceptions=True)
 
 
-def _percentiles(f: GenerationFigures, ordered: list[int]) -> None:
-    if ordered:
-        f.duration_p50_ms = ordered[percentile_rank(len(ordered), 50) - 1]
-        f.duration_p95_ms = ordered[percentile_rank(len(ordered), 95) - 1]
+def _spread(spans: list[tuple[int, str, int, int]], prices: dict[int, Prices], first: int, size: int,
+            count: int) -> list[Decimal]:
+    """Each span's cost, cut at the bucket boundaries ``first + k × size``."""
+    spend = [Decimal(0)] * count
+    for server_id, status, s, e in spans:
+        pr = prices.get(server_id)
+        if pr is None or not pr.billed:
+            continue
+        rate = pr.price if status == ServerStatus.RUNNING else pr.disk
+        if not rate:
+            continue
+        i = (s - first) // size
+        while s < e:
+            end = min(e, first + (i + 1) * size)
+            spend[i] += rate * (end - s)
+            s, i = end, i + 1
+    return [x / MS_PER_HOUR for x in spend]
+
+
+Pair = tuple[int | None, int | None]
+
+
+def _p50_p95(ordered: list[int]) -> Pair:
+    if not ordered:
+        return None, None
+    return ordered[percentile_rank(len(ordered), 50) - 1], ordered[percentile_rank(len(ordered), 95) - 1]
+
+
+def _percentiles_of(rows: list[tuple[int, str]]) -> tuple[dict[int, Pair], Pair]:
+    """``(server id, "d1,d2,…")`` rows → p50/p95 per server and over all of them."""
+    per_server: dict[int, Pair] = {}
+    everything: list[int] = []
+    for server_id, text in rows:
+        values = sorted(map(int, text.split(",")))
+        per_server[server_id] = _p50_p95(values)
+        everything.extend(values)
+    everything.sort()
+    return per_server, _p50_p95(everything)
 
 
 def _usage_fields(u: Usage, completed: int) -> dict[str, Any]:
