@@ -486,6 +486,10 @@ class Scheduler:
         _, server_id = await self.fleet.launch(ServerCreate(offer_id=offers[0].offer_id, image=s.autoscale_image,
                                                             name=f"autoscale-{offers[0].offer_id}"), "scheduler")
         log.info("autoscale launched server_id=%d offer_id=%s", server_id, offers[0].offer_id)
+        await self.fleet.audit.record(
+            "server.autoscale", target_type="server", target_id=server_id,
+            details={"offerId": offers[0].offer_id, "pricePerHour": offers[0].price_per_hour,
+                     "queueWaitSeconds": round(await self.oldest_wait(), 1)})
         return server_id
 
 
