@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from socialsync.common.wire import QueryModel, RequestModel, WireModel
 
@@ -54,12 +54,24 @@ class Server(WireModel):
 class ServerCreate(RequestModel):
     """Seed: ``{"offerId": "12345", "image": "...", "onStartScript": "..."}``."""
 
-    offer_id: int | str = Field(description="The Vast offer to rent")
+    offer_id: int | str = Field(description="The Vast offer to rent: a positive integer, or its digits as a string")
     image: str | None = Field(default=None, max_length=1024, description="Docker image; default from settings")
     on_start_script: str | None = Field(default=None, max_length=4000)
     name: str | None = Field(default=None, min_length=1, max_length=100)
     disk: float | None = Field(default=None, ge=8, le=4096, description="GB")
     env: dict[str, str] | None = None
+
+    @field_validator("offer_id", mode="before")
+    @classmethod
+    def _positive_offer_id(cls, value: Any) -> Any:
+        # Vast offer ids are positive integers; a bool, 0 or "abc" must be a 400, not a 500
+        # from the Vast client's own check.
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError("offerId must be a positive integer")
+        text = str(value).strip()
+        if not text.isdigit() or int(text) <= 0:
+            raise ValueError("offerId must be a positive integer")
+        return value
 
 
 class ServerLaunched(WireModel):

@@ -23,7 +23,8 @@ routes = Routes("auth")
 
 
 @routes.post(
-    "/api/auth/login", role=None, body=LoginRequest, response=Me, action="auth.login", target_type="session"
+    "/api/auth/login", role=None, body=LoginRequest, response=Me, action="auth.login", target_type="session",
+    errors=(401,),
 )
 async def login(ctx: Ctx) -> web.Response:
     """Log in with a username and password; sets an HttpOnly session cookie."""
@@ -81,7 +82,7 @@ async def create_key(ctx: Ctx) -> ApiKeyCreated:
     return created
 
 
-@routes.delete("/api/api-keys/{id}", role=Role.ADMIN, response=ApiKey, action="api_key.revoke",
+@routes.delete("/api/api-keys/{id}", role=Role.ADMIN, response=ApiKey, action="api_key.revoke", errors=(409,),
                target_type="api_key")
 async def revoke_key(ctx: Ctx) -> ApiKey:
     """Revoke an API key; requests with it are refused from now on."""

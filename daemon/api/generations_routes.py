@@ -51,7 +51,7 @@ async def server_generations(ctx: Ctx) -> list[Generation]:
                                             offset=q.offset, before_id=q.before_id)
 
 
-@routes.get("/api/generations", query=AllGenerationsQuery, response=list[Generation])
+@routes.get("/api/generations", query=AllGenerationsQuery, response=list[Generation], errors=(404,))
 async def all_generations(ctx: Ctx) -> list[Generation]:
     """Generations of every server, newest first (optional serverId and status)."""
     q: AllGenerationsQuery = ctx.query

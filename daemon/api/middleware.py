@@ -7,11 +7,10 @@ import logging
 import secrets
 
 from aiohttp import web
-from pydantic import ValidationError as PydanticValidationError
 
 from socialsync.common.errors import ErrorBody, ErrorCode
 from socialsync.daemon import keys
-from socialsync.daemon.api.registry import AUTH_FAILURE, IDENTITY, REQUEST_ID, client_addr, validation_error
+from socialsync.daemon.api.registry import AUTH_FAILURE, IDENTITY, REQUEST_ID, client_addr
 from socialsync.daemon.errors import AppError, RateLimited
 from socialsync.daemon.services.auth import Identity
 from socialsync.daemon.services.ratelimit import Decision, category_for
@@ -57,8 +56,6 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except AppError as exc:
         return error_response(exc, request_id)
-    except PydanticValidationError as exc:
-        return error_response(validation_error(exc, "input"), request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

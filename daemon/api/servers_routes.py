@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aiohttp import web
+
 from socialsync.common.auth import Role
 from socialsync.common.servers import (
     MessageResponse,
@@ -27,12 +29,13 @@ def server_id(ctx: Ctx) -> int:
 
 
 @routes.get("/api/vast-servers", query=ServerListQuery, response=list[Server])
-async def list_servers(ctx: Ctx) -> list[Server]:
+async def list_servers(ctx: Ctx) -> web.Response:
     """Every managed server (destroyed ones only with ?include=destroyed)."""
     include = ctx.query.include
     if include not in (None, "", "destroyed"):
         raise BadRequest("Invalid include", "include may only be 'destroyed'")
-    return await ctx[keys.FLEET].list_servers(include_destroyed=include == "destroyed")
+    body = await ctx[keys.FLEET].list_servers_json(include_destroyed=include == "destroyed")
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.get("/api/vast-servers/{id}", response=Server)

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from pydantic import TypeAdapter
 
 from socialsync.common.errors import ErrorCode
 from socialsync.common.events import SERVER_STATUS, ServerStatusData
@@ -83,6 +84,7 @@ ORDERS = {
     "dlperf": ("dlperf", "desc"),
     "score": ("score", "desc"),
 }
+SERVER_LIST = TypeAdapter(list[Server])
 UNCONFIRMED_GRACE = 180.0  # seconds a launch Vast never confirmed waits for its label to appear
 
 
@@ -237,6 +239,7 @@ class FleetService:
         self._kick = asyncio.Event()
         self._listeners: list[StatusListener] = []
         self._guards: list[LaunchGuard] = []
+        self._list_cache: dict[bool, tuple[int, bytes]] = {}
         self._onstart_additions: list[Callable[[ServerCreate], str | None]] = []
         self.last_sync: SyncReport | None = None
 
@@ -297,6 +300,18 @@ class FleetService:
 
     async def list_servers(self, include_destroyed: bool = False) -> list[Server]:
         return [to_wire(r) for r in await store.list_all(self.db, include_destroyed)]
+
+    async def list_servers_json(self, include_destroyed: bool = False) -> bytes:
+        """The list as JSON, kept until the next committed write: every console and
+        script polls it, and building it costs far more than reading it. The version is
+        taken before the read, so a write landing during it only makes the entry stale
+        for one more request, never wrong."""
+        version = self.db.version
+        hit = self._list_cache.get(include_destroyed)
+        if hit is None or hit[0] != version:
+            body = SERVER_LIST.dump_json(await self.list_servers(include_destroyed), by_alias=True)
+            hit = self._list_cache[include_destroyed] = (version, body)
+        return hit[1]
 
     async def get_server(self, server_id: int) -> Server:
         return to_wire(await self.row(server_id))

@@ -87,6 +87,7 @@ class Database:
         self._writer = writer
         self._reader = reader
         self._lock = asyncio.Lock()
+        self._commits = 0
 
     @classmethod
     async def open(cls, path: Path | str, migrations: Iterable[Migration] | None = None) -> Database:
@@ -123,6 +124,13 @@ class Database:
         row = await self.fetchone(sql, params)
         return None if row is None else row[0]
 
+    @property
+    def version(self) -> int:
+        """Grows with every committed write transaction. Take it *before* a read: a
+        result kept under that version is current as long as the version is unchanged
+        (what a response cache needs)."""
+        return self._commits
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: everything inside commits together or not at all."""
@@ -135,6 +143,7 @@ class Database:
                 raise
             else:
                 await self._writer.execute("COMMIT")
+                self._commits += 1
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """A single write statement in its own transaction; returns lastrowid."""

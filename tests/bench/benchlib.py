@@ -1,0 +1,111 @@
+"""What the benchmarks share: a closed-loop HTTP load generator in a child process (so
+it never shares the measured process's loop), percentiles, a real daemon process on a
+seeded state directory, and a bare aiohttp server for the baselines."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def _hammer(url: str, headers: dict, conns: int, seconds: float, warmup: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=conns)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as s:
+        async with s.get(url) as r:  # warm the connection and the caches
+            await r.read()
+        stop_at = time.perf_counter() + warmup + seconds
+        measure_from = time.perf_counter() + warmup
+
+        async def worker() -> None:
+            while (now := time.perf_counter()) < stop_at:
+                async with s.get(url) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                if now >= measure_from:
+                    latencies.append(time.perf_counter() - now)
+
+        await asyncio.gather(*(worker() for _ in range(conns)))
+    return {"latencies": latencies, "seconds": seconds, "statuses": statuses}
+
+
+def _hammer_child(url, headers, conns, seconds, warmup, out) -> None:
+    out.put(asyncio.run(_hammer(url, headers, conns, seconds, warmup)))
+
+
+def hammer(url: str, headers: dict | None = None, conns: int = 32, seconds: float = 5.0,
+           warmup: float = 1.0) -> dict:
+    """``conns`` connections each sending the next GET when the last one answered, for
+    ``seconds`` after ``warmup``; from a child process. p50/p99 in ms and requests/s."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_hammer_child, args=(url, headers or {}, conns, seconds, warmup, out), daemon=True)
+    p.start()
+    res = out.get(timeout=seconds + warmup + 120)
+    p.join(10)
+    lat = res["latencies"]
+    return {"p50_ms": pct(lat, 0.5) * 1000, "p99_ms": pct(lat, 0.99) * 1000, "rps": len(lat) / res["seconds"],
+            "n": len(lat), "statuses": res["statuses"]}
+
+
+def _bare_child(body: bytes, port_q) -> None:
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port_q.put(runner.addresses[0][1])
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+class BareServer:
+    """A bare aiohttp handler returning ``body`` (the daemon's own answer) for any GET,
+    in a child process: the baseline."""
+
+    def __init__(self, body: bytes):
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        self.proc = ctx.Process(target=_bare_child, args=(body, q), daemon=True)
+        self.proc.start()
+        self.base_url = f"http://127.0.0.1:{q.get(timeout=60)}"
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
