@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,10 @@ async def demo_ctx(app: web.Application) -> AsyncIterator[None]:
         ssh = SshSim(comfy_roots(provider.sims, root), comfy_root=root)  # model downloads really run
         sim = VastSim(api_key=DEMO_KEY, catalog=demo_catalog(), boot_seconds=settings.sim.boot_seconds,
                       reboot_seconds=min(3.0, settings.sim.boot_seconds), auto_tick=0.5,
-                      comfy_provider=provider, ssh_provider=ssh, credit=500.0)
+                      comfy_provider=provider, ssh_provider=ssh, credit=500.0,
+                      # Vast never reuses an instance id; a demo restarted on the same state
+                      # directory must not either, so ids start from the clock.
+                      first_instance_id=20_000_000 + int(time.time() * 10) % 100_000_000)
         ssh.attach_vast(sim)
         await sim.start("127.0.0.1", 0)
         vast = settings.vast

@@ -68,3 +68,20 @@ async def test_attached_comfyui_becomes_ready(tmp_path):
 async def _setup(api, sid, setup):
     s = await server(api, sid)
     return s if s["setupStatus"] == setup else None
+
+
+async def test_a_demo_restarted_on_the_same_state_can_launch_again(tmp_path):
+    """The demo's simulated Vast starts afresh each time; a launch after a restart must not
+    collide with an instance id a destroyed row already holds."""
+    from harness import running_daemon
+
+    state = tmp_path / "state"
+    for _ in range(2):
+        async with running_daemon(state, demo=True, sim={"boot_seconds": 0.2, "step_time": 0.01}) as d, \
+                d.session() as api:
+            offers = await (await api.get("/api/vast-offers", params={"order": "price"})).json()
+            async with api.post("/api/vast-servers", json={"offerId": offers[0]["offerId"]}) as r:
+                assert r.status == 201, await r.text()
+                sid = (await r.json())["id"]
+            async with api.delete(f"/api/vast-servers/{sid}") as r:
+                assert r.status == 200
