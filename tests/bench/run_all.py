@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TABLE = {"bench_server_list", "bench_paging", "bench_rss"}  # print ROW| lines with --table
 BENCHES = ["bench_server_list", "bench_generations", "bench_events", "bench_analytics", "bench_tui", "bench_paging",
-           "bench_rss"]
+           "bench_rss", "bench_vast_sync", "bench_scheduler"]
 QUICK_ARGS = {
     "bench_server_list": ["--quick"],
     "bench_generations": ["--quick"],
@@ -30,6 +30,8 @@ QUICK_ARGS = {
     "bench_tui": ["--quick"],
     "bench_paging": [],  # 200,000 generations; --full: --rows 1000000
     "bench_rss": [],  # 1,000 servers, 200,000 generations; --full: --generations 1000000
+    "bench_vast_sync": ["--repeat", "3"],  # 10, 100 and 1,000 servers
+    "bench_scheduler": ["--count", "600"],  # 50 simulated servers
 }
 FULL_ARGS = {"bench_paging": ["--rows", "1000000"], "bench_rss": ["--generations", "1000000"]}
 
