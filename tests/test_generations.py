@@ -57,6 +57,7 @@ async def test_seed_example_end_to_end(tmp_path):
 
         g = await r.generation(gid)
         assert g["status"] == "completed" and g["progress"] == 100 and g["error"] is None
+        assert g["step"] == g["steps"] == 20  # even when the last step's message was throttled away
         assert g["queueId"] == queue_id and g["serverId"] == r.sid
         assert g["prompt"] == SEED_EXAMPLE["prompt"] and g["negativePrompt"] == "blurry, low quality"
         assert g["parameters"]["sampler"] == "euler_ancestral"  # A1111 spelling mapped

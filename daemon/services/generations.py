@@ -851,6 +851,8 @@ class GenerationService:
         if status == GenerationStatus.COMPLETED and duration_ms is not None and server_id in self._durations:
             self._durations[server_id].append(duration_ms)
         final_progress = 100 if status == GenerationStatus.COMPLETED else (progress or 0)
+        if status == GenerationStatus.COMPLETED and steps:
+            step = steps  # the last step's progress message may have been throttled away
         self.bus.publish(GENERATION_PROGRESS, GenerationProgressData(
             generation_id=generation_id, progress=final_progress, status=status, server_id=server_id,
             step=step, steps=steps).model_dump(mode="json", by_alias=True, exclude_none=True))

@@ -109,7 +109,8 @@ async def finish(db: Database, generation_id: int, *, status: str, completed_at:
         rows = await conn.execute_fetchall(
             f"UPDATE generations SET status = :status, error = :error, completed_at = :at, "
             f"started_at = coalesce(:started, started_at), duration_ms = coalesce(:duration, {_DURATION}), "
-            f"progress = CASE WHEN :status = 'completed' THEN 100 ELSE progress END "
+            f"progress = CASE WHEN :status = 'completed' THEN 100 ELSE progress END, "
+            f"step = CASE WHEN :status = 'completed' AND steps IS NOT NULL THEN steps ELSE step END "
             f"WHERE id = :id AND {_ACTIVE_SQL} RETURNING server_id, duration_ms",
             {"status": status, "error": error, "at": completed_at, "id": generation_id, "started": started,
              "duration": duration})
