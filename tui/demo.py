@@ -219,6 +219,9 @@ def run_demo(args: argparse.Namespace, console: Console | None,
     status = 0
     try:
         err.write("starting the demo daemon (simulated Vast.ai and ComfyUI on this machine)…\n")
+        if os.environ.get("VAST_API_KEY") or os.environ.get("SOCIALSYNC_VAST__API_KEY"):
+            err.write("a Vast key is configured: for your real fleet run `socialsyncd` (or the systemd unit) "
+                      "and then `socialsync`; this is still the simulated demo.\n")
         err.flush()
         daemon = spawn_daemon(Path(args.state_dir) if args.state_dir else None, args.port)
         try:
