@@ -36,26 +36,9 @@ import time
 from pathlib import Path
 
 import aiohttp
+from benchlib import serve_sims
 
 TESTS = Path(__file__).resolve().parents[1]
-
-
-def serve_sims(count: int, ports, stop) -> None:
-    """Child process: ``count`` ComfySims on loopback until ``stop`` is set."""
-    from socialsync.daemon.sim.comfyui import ComfySim
-
-    logging.basicConfig(level=logging.WARNING)
-
-    async def run() -> None:
-        sims = [ComfySim(step_time=0.0, seed_models=True) for _ in range(count)]
-        for sim in sims:
-            await sim.start("127.0.0.1", 0)
-        ports.put([sim.base_url for sim in sims])
-        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        for sim in sims:
-            await sim.stop()
-
-    asyncio.run(run())
 
 
 def pct(values: list[float], q: float) -> float:

@@ -35,24 +35,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from benchlib import serve_sims
+
 TESTS = Path(__file__).resolve().parents[1]
-
-
-def serve_sims(count: int, ports, stop) -> None:
-    from socialsync.daemon.sim.comfyui import ComfySim
-
-    logging.basicConfig(level=logging.WARNING)
-
-    async def run() -> None:
-        sims = [ComfySim(step_time=0.0, seed_models=True) for _ in range(count)]
-        for sim in sims:
-            await sim.start("127.0.0.1", 0)
-        ports.put([sim.base_url for sim in sims])
-        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        for sim in sims:
-            await sim.stop()
-
-    asyncio.run(run())
 
 
 async def bench(args: argparse.Namespace) -> None:

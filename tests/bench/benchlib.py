@@ -5,6 +5,7 @@ seeded state directory, and a bare aiohttp server for the baselines."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing as mp
 import sys
 import time
@@ -109,3 +110,21 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def serve_sims(count: int, ports, stop) -> None:
+    """Child process: ``count`` ComfySims on loopback until ``stop`` is set."""
+    from socialsync.daemon.sim.comfyui import ComfySim
+
+    logging.basicConfig(level=logging.WARNING)
+
+    async def run() -> None:
+        sims = [ComfySim(step_time=0.0, seed_models=True) for _ in range(count)]
+        for sim in sims:
+            await sim.start("127.0.0.1", 0)
+        ports.put([sim.base_url for sim in sims])
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        for sim in sims:
+            await sim.stop()
+
+    asyncio.run(run())
