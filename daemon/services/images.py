@@ -94,6 +94,15 @@ def _inspect(path: Path) -> tuple[str, int, int]:
     return fmt, width, height
 
 
+def _check_and_place(tmp: Path, root: Path, sha: str) -> tuple[str, int, int, str]:
+    """`_inspect` then `_place` at the content address, in one call (one thread hop).
+    Returns (format, width, height, ext). Blocking."""
+    fmt, width, height = _inspect(tmp)
+    ext = FORMATS[fmt][0]
+    _place(tmp, root / sha[:2] / f"{sha}.{ext}")
+    return fmt, width, height, ext
+
+
 def _place(tmp: Path, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():  # the same bytes are already stored
@@ -125,10 +134,8 @@ class ImageStore:
                 raise ImageRejected("empty file")
             if size > self.max_bytes:
                 raise ImageRejected(f"{size} bytes is more than the {self.max_bytes} allowed")
-            fmt, width, height = await asyncio.to_thread(_inspect, tmp)
-            ext, content_type = FORMATS[fmt]
-            final = self.root / sha[:2] / f"{sha}.{ext}"
-            await asyncio.to_thread(_place, tmp, final)
+            fmt, width, height, ext = await asyncio.to_thread(_check_and_place, tmp, self.root, sha)
+            content_type = FORMATS[fmt][1]
         except BaseException:
             await asyncio.to_thread(tmp.unlink, True)
             raise

@@ -11,12 +11,12 @@ import asyncio
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -68,6 +68,44 @@ def split_statements(sql: str) -> list[str]:
     return statements
 
 
+T = TypeVar("T")
+
+
+def _atomic(db: Database, batch: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+    """On the writer's thread, in one call (one thread hop): BEGIN IMMEDIATE, each unit
+    ``fn(conn, *args)`` in its own SAVEPOINT (a unit that raises is rolled back alone,
+    and its caller gets the exception), COMMIT. Any failure outside a unit rolls back
+    everything and fails every unit. Returns (ok, result or exception) per unit."""
+    conn: sqlite3.Connection = db._writer._conn
+    single = len(batch) == 1
+    out: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for fn, args in batch:
+            if single:
+                out.append((True, fn(conn, *args)))
+                continue
+            conn.execute("SAVEPOINT unit")
+            try:
+                result = fn(conn, *args)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+                out.append((False, exc))
+            else:
+                conn.execute("RELEASE unit")
+                out.append((True, result))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    # Counted here, on the writer's thread, right after the commit: even when a caller
+    # was cancelled while waiting, the version never misses a committed write.
+    db._commits += 1
+    return out
+
+
 class MigrationError(RuntimeError):
     pass
 
@@ -88,6 +126,8 @@ class Database:
         self._reader = reader
         self._lock = asyncio.Lock()
         self._commits = 0
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
 
     @classmethod
     async def open(cls, path: Path | str, migrations: Iterable[Migration] | None = None) -> Database:
@@ -145,15 +185,62 @@ class Database:
                 await self._writer.execute("COMMIT")
                 self._commits += 1
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """One write transaction made of plain ``sqlite3`` calls: ``fn(conn, *args)`` runs
+        on the writer's thread, all of it committed or none of it (ROLLBACK if it
+        raises), under the same lock as `transaction`. Units submitted while the writer
+        is busy are group-committed: one thread hop and one COMMIT for the lot, each
+        unit in its own SAVEPOINT, run in the order they were submitted. ``fn`` must
+        not block on anything but the database."""
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, args, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future]] = []
+        try:
+            while self._pending:
+                async with self._lock:
+                    batch, self._pending = self._pending, []
+                    # aiosqlite runs queued calls in order on its one thread: a later
+                    # transaction's BEGIN can never land inside this one.
+                    try:
+                        results = await self._writer._execute(_atomic, self, [(fn, args) for fn, args, _ in batch])
+                    except Exception as exc:  # the whole batch was rolled back: each unit fails with it
+                        results = [(False, exc)] * len(batch)
+                for (_, _, fut), (ok, value) in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+                batch = []
+        except BaseException:  # cancelled (the loop is closing): nobody may wait forever
+            for _, _, fut in [*batch, *self._pending]:
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the database writer stopped"))
+            self._pending = []
+            raise
+        finally:
+            self._flusher = None
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """A single write statement in its own transaction; returns lastrowid."""
-        async with self.transaction() as conn:
-            cur = await conn.execute(sql, params)
-            return cur.lastrowid or 0
+        return await self.run(_execute_one, sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self.transaction() as conn:
-            await conn.executemany(sql, rows)
+        await self.run(_execute_many, sql, list(rows))
+
+
+def _execute_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return conn.execute(sql, params).lastrowid or 0
+
+
+def _execute_many(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -> None:
+    conn.executemany(sql, rows)
 
 
 async def apply_migrations(conn: aiosqlite.Connection, migrations: list[Migration]) -> list[int]:

@@ -32,17 +32,21 @@ def page_sql(*, server_id: bool, status: bool, before_id: bool) -> str:
     terms = [t for t, on in (("server_id = ?", server_id), ("status = ?", status), ("id < ?", before_id)) if on]
     return _PAGE.format(where="WHERE " + " AND ".join(terms) if terms else "")
 
+_INSERT_SQL = (f"INSERT INTO generations ({', '.join(INSERT_COLUMNS)}) "
+               f"VALUES ({', '.join(':' + k for k in INSERT_COLUMNS)})")
+
+
+def _insert(conn, values: dict[str, Any], server_id: int | None, created_at: Any) -> int:
+    cur = conn.execute(_INSERT_SQL, values)
+    if server_id is not None:
+        conn.execute("UPDATE servers SET last_activity_at = ? WHERE id = ?", (created_at, server_id))
+    return cur.lastrowid or 0
+
+
 async def insert(db: Database, row: Mapping[str, Any]) -> int:
     """Insert a generation and mark its server active (``last_activity_at``), together."""
     values = {k: row.get(k) for k in INSERT_COLUMNS}
-    async with db.transaction() as conn:
-        cur = await conn.execute(
-            f"INSERT INTO generations ({', '.join(INSERT_COLUMNS)}) "
-            f"VALUES ({', '.join(':' + k for k in INSERT_COLUMNS)})", values)
-        if row.get("server_id") is not None:
-            await conn.execute("UPDATE servers SET last_activity_at = ? WHERE id = ?",
-                               (row["created_at"], row["server_id"]))
-        return cur.lastrowid or 0
+    return await db.run(_insert, values, row.get("server_id"), row.get("created_at"))
 
 async def get(db: Database, generation_id: int):
     return await db.fetchone("SELECT * FROM generations WHERE id = ?", (generation_id,))
@@ -79,12 +83,15 @@ async def images_for(db: Database, generation_ids: Sequence[int]) -> dict[int, l
     return found
 
 
+def _mark_processing(conn, generation_id: int, started_at: str) -> bool:
+    cur = conn.execute(
+        "UPDATE generations SET status = 'processing', started_at = coalesce(started_at, ?) "
+        "WHERE id = ? AND status = 'queued'", (started_at, generation_id))
+    return cur.rowcount > 0
+
+
 async def mark_processing(db: Database, generation_id: int, started_at: str) -> bool:
-    async with db.transaction() as conn:
-        cur = await conn.execute(
-            "UPDATE generations SET status = 'processing', started_at = coalesce(started_at, ?) "
-            "WHERE id = ? AND status = 'queued'", (started_at, generation_id))
-        return cur.rowcount > 0
+    return await db.run(_mark_processing, generation_id, started_at)
 
 
 async def set_progress(db: Database, generation_id: int, progress: int, step: int | None, steps: int | None) -> None:
@@ -97,6 +104,31 @@ _DURATION = ("CAST(round((julianday(:at) - julianday(coalesce(started_at, create
              "AS INTEGER)")
 
 
+_FINISH_SQL = (
+    f"UPDATE generations SET status = :status, error = :error, completed_at = :at, "
+    f"started_at = coalesce(:started, started_at), duration_ms = coalesce(:duration, {_DURATION}), "
+    f"progress = CASE WHEN :status = 'completed' THEN 100 ELSE progress END, "
+    f"step = CASE WHEN :status = 'completed' AND steps IS NOT NULL THEN steps ELSE step END "
+    f"WHERE id = :id AND {_ACTIVE_SQL} RETURNING server_id, duration_ms")
+_IMAGE_SQL = ("INSERT INTO generation_images (generation_id, node_id, filename, path, content_type, size, sha256, "
+              "width, height, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _finish(conn, generation_id: int, params: dict[str, Any], images: list[Mapping[str, Any]],
+            completed_at: str) -> tuple[bool, int | None]:
+    found = next(iter(conn.execute(_FINISH_SQL, params).fetchall()), None)
+    if found is None:
+        return False, None
+    if images:
+        conn.executemany(_IMAGE_SQL, [
+            (generation_id, image.get("node_id"), image["filename"], image["path"], image["content_type"],
+             image["size"], image["sha256"], image.get("width"), image.get("height"), completed_at)
+            for image in images])
+    if found[0] is not None:
+        conn.execute("UPDATE servers SET last_activity_at = ? WHERE id = ?", (completed_at, found[0]))
+    return True, found[1]
+
+
 async def finish(db: Database, generation_id: int, *, status: str, completed_at: str, error: str | None = None,
                  images: Iterable[Mapping[str, Any]] = (), timing: tuple[str, int] | None = None,
                  ) -> tuple[bool, int | None]:
@@ -105,29 +137,9 @@ async def finish(db: Database, generation_id: int, *, status: str, completed_at:
     changed when the row was no longer active (someone else finished it first).
     ``timing`` = (started_at, duration_ms) when known better than our own clock."""
     started, duration = timing if timing is not None else (None, None)
-    async with db.transaction() as conn:
-        rows = await conn.execute_fetchall(
-            f"UPDATE generations SET status = :status, error = :error, completed_at = :at, "
-            f"started_at = coalesce(:started, started_at), duration_ms = coalesce(:duration, {_DURATION}), "
-            f"progress = CASE WHEN :status = 'completed' THEN 100 ELSE progress END, "
-            f"step = CASE WHEN :status = 'completed' AND steps IS NOT NULL THEN steps ELSE step END "
-            f"WHERE id = :id AND {_ACTIVE_SQL} RETURNING server_id, duration_ms",
-            {"status": status, "error": error, "at": completed_at, "id": generation_id, "started": started,
-             "duration": duration})
-        found = next(iter(rows), None)
-        if found is None:
-            return False, None
-        images = list(images)
-        if images:
-            await conn.executemany(
-                "INSERT INTO generation_images (generation_id, node_id, filename, path, content_type, size, sha256, "
-                "width, height, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(generation_id, image.get("node_id"), image["filename"], image["path"], image["content_type"],
-                  image["size"], image["sha256"], image.get("width"), image.get("height"), completed_at)
-                 for image in images])
-        if found[0] is not None:
-            await conn.execute("UPDATE servers SET last_activity_at = ? WHERE id = ?", (completed_at, found[0]))
-        return True, found[1]
+    params = {"status": status, "error": error, "at": completed_at, "id": generation_id, "started": started,
+              "duration": duration}
+    return await db.run(_finish, generation_id, params, list(images), completed_at)
 
 
 async def recent_durations(db: Database, server_id: int, n: int = 20) -> list[int]:
