@@ -117,6 +117,7 @@ def orphans(db_path: Path, sims) -> list[tuple]:
     live = set()
     for sim in sims:
         live.update(sim.pending_prompt_ids)
+        live.update(sim.history)  # finished by ComfyUI, being collected by the daemon
         if sim.running_prompt_id:
             live.add(sim.running_prompt_id)
     return [g for g in active_generations(db_path) if g[1] == "processing" and g[2] not in live]
@@ -181,13 +182,30 @@ async def crash_run(rounds: int, seed: int, settle: float, tmp: Path) -> dict:
             print(f"round {n + 1}/{rounds}: {load.requests} requests, acked {len(load.acked_launches)} launches "
                   f"{len(load.acked_generations)} generations {len(load.acked_keys)} keys; "
                   f"integrity {result['integrity']}, missing {len(missing)}", flush=True)
-        # At the end everything drains: no active generation at all.
-        try:
-            await wait_until(lambda: not active_generations(d.db_path), timeout=max(settle, 30), interval=0.3)
-        except TimeoutError:
+        # At the end everything drains: no active generation at all. The backlog the load
+        # left behind may take a while; it must keep shrinking (a stall of 15 s fails) and
+        # nothing may be processing without a live owner meanwhile.
+        for sim in sims:
+            sim.step_time = 0.0  # drain the backlog through ComfyUI, quickly
+        totals["backlog_at_end"] = len(active_generations(d.db_path))
+        last, stalled_since, t_end = totals["backlog_at_end"], time.monotonic(), time.monotonic()
+        while True:
             left = active_generations(d.db_path)
-            totals["stuck_generations"] += len(left)
-            problems.append(f"end: {len(left)} generations still active: {left[:5]}")
+            lost = orphans(d.db_path, sims)
+            if lost:
+                totals["stuck_generations"] += len(lost)
+                problems.append(f"end: {len(lost)} generations processing without a live owner: {lost[:5]}")
+                break
+            if not left:
+                break
+            if len(left) < last:
+                last, stalled_since = len(left), time.monotonic()
+            elif time.monotonic() - stalled_since > 15 or time.monotonic() - t_end > 600:
+                totals["stuck_generations"] += len(left)
+                problems.append(f"end: {len(left)} generations still active and not draining: {left[:5]}")
+                break
+            await asyncio.sleep(0.5)
+        totals["drain_s"] = round(time.monotonic() - t_end, 1)
         d.signal(signal.SIGTERM)
         await asyncio.to_thread(d.wait, 30)
         totals["daemon_tracebacks"] = d.stderr().count("Traceback")
