@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -65,12 +64,13 @@ async def demo_ctx(app: web.Application) -> AsyncIterator[None]:
 
         root = settings.models.comfy_root
         ssh = SshSim(comfy_roots(provider.sims, root), comfy_root=root)  # model downloads really run
+        # Vast never reuses an instance id; a demo restarted on the same state directory
+        # must not either, so it continues after the highest id this database has seen.
+        first_id = max(20_000_001, int(await app[keys.DB].scalar("SELECT max(vast_id) FROM servers") or 0) + 1)
         sim = VastSim(api_key=DEMO_KEY, catalog=demo_catalog(), boot_seconds=settings.sim.boot_seconds,
                       reboot_seconds=min(3.0, settings.sim.boot_seconds), auto_tick=0.5,
                       comfy_provider=provider, ssh_provider=ssh, credit=500.0,
-                      # Vast never reuses an instance id; a demo restarted on the same state
-                      # directory must not either, so ids start from the clock.
-                      first_instance_id=20_000_000 + int(time.time() * 10) % 100_000_000)
+                      first_instance_id=first_id)
         ssh.attach_vast(sim)
         await sim.start("127.0.0.1", 0)
         vast = settings.vast
