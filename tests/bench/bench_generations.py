@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import multiprocessing as mp
 import statistics
 import sys
 import tempfile
@@ -36,14 +35,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-from benchlib import serve_sims
+from benchlib import attach_ready, pct, sims_in_child
 
 TESTS = Path(__file__).resolve().parents[1]
 
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -52,15 +47,10 @@ async def bench(args: argparse.Namespace) -> None:
 
     from socialsync.daemon import keys
 
-    ctx = mp.get_context("spawn")
-    ports, stop = ctx.Queue(), ctx.Event()
-    child = ctx.Process(target=serve_sims, args=(args.servers, ports, stop), daemon=True)
-    child.start()
-    urls = await asyncio.to_thread(ports.get, True, 60)
     completed: dict[int, float] = {}
     waiters: dict[int, asyncio.Future] = {}
     comfy = {"probe_interval": 0.05, "probe_interval_max": 0.2, "health_interval": 5.0}
-    try:
+    async with sims_in_child(args.servers) as urls:
         with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
             async with running_daemon(Path(tmp) / "state", comfy=comfy) as d, d.session() as api, \
                     aiohttp.ClientSession() as raw:
@@ -73,13 +63,7 @@ async def bench(args: argparse.Namespace) -> None:
                             fut.set_result(event.data)
                 d.app[keys.BUS].add_listener(on_event)
 
-                sids = []
-                for i, url in enumerate(urls):
-                    async with api.post("/api/vast-servers/attach", json={"name": f"sim-{i}", "comfyUrl": url}) as r:
-                        sids.append((await r.json())["id"])
-                for sid in sids:
-                    while (await (await api.get(f"/api/vast-servers/{sid}")).json())["setupStatus"] != "ready":
-                        await asyncio.sleep(0.05)
+                sids = await attach_ready(api, urls)
                 base = dict(zip(sids, urls, strict=True))
 
                 async def one(n: int) -> tuple[int, str, int]:
@@ -126,9 +110,6 @@ async def bench(args: argparse.Namespace) -> None:
                 burst_lat = await latencies(burst)
                 ok = await d.app[keys.DB].scalar("SELECT count(*) FROM generations WHERE status = 'completed'")
                 images = sum(1 for _ in (d.settings.images_dir).rglob("*.png"))
-    finally:
-        stop.set()
-        await asyncio.to_thread(child.join, 10)
 
     print(f"servers={args.servers} concurrency={args.concurrency} count={args.count} (1 step, 64x64 PNG each)")
     print(f"  end to end: {args.count / elapsed:8.1f} generations/s  ({elapsed:.2f} s; "

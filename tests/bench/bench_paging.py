@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +31,7 @@ import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_analytics import create_schema, seed  # noqa: E402
-from benchlib import pct  # noqa: E402
+from benchlib import pct, seeded_daemon  # noqa: E402
 
 from socialsync.daemon.store.generations import page_sql  # noqa: E402
 
@@ -120,21 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=200, help="requests per measured case")
     ap.add_argument("--table", action="store_true", help="also print ROW| lines for run_all.py")
     args = ap.parse_args(argv)
-    from ops_daemon import NO_LIMITS, DaemonProcess
-
-    with tempfile.TemporaryDirectory(prefix="socialsync-bench-paging-") as tmp:
-        tmp_path = Path(tmp)
-        state = tmp_path / "state"
-        state.mkdir(mode=0o700)
-        db_path = state / "socialsync.db"
-        t0 = time.perf_counter()
-        asyncio.run(create_schema(db_path))
-        seed(db_path, args.servers, args.rows)
-        print(f"seed took {time.perf_counter() - t0:.1f} s", flush=True)
-        with DaemonProcess(tmp_path, env={**NO_LIMITS, "SOCIALSYNC_LOG_LEVEL": "WARNING"}) as d:
-            d.wait_listening(60)
-            time.sleep(1.0)  # start-up reconciliation
-            rows = asyncio.run(measure(d, db_path, args.runs))
+    with seeded_daemon("socialsync-bench-paging-", args.servers, args.rows) as (d, db_path):
+        time.sleep(1.0)  # start-up reconciliation
+        rows = asyncio.run(measure(d, db_path, args.runs))
     for r in rows:
         print(f"{r['benchmark']}: {r['figure']} | {r['baseline']} | {r['ratio']} | "
               f"{'OK' if r['ok'] else 'MISSED'} ({r['target']})")

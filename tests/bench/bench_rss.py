@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_analytics import create_schema, seed  # noqa: E402
+from benchlib import seeded_daemon  # noqa: E402
 
 TARGET_MB = 150.0
 BARE = ("import aiohttp, aiosqlite, pydantic, zmq, sys, time; "
@@ -76,25 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=20, help="rounds of the API calls")
     ap.add_argument("--table", action="store_true", help="also print ROW| lines for run_all.py")
     args = ap.parse_args(argv)
-    from ops_daemon import NO_LIMITS, DaemonProcess
-
     bare = bare_baseline()
-    with tempfile.TemporaryDirectory(prefix="socialsync-bench-rss-") as tmp:
-        tmp_path = Path(tmp)
-        state = tmp_path / "state"
-        state.mkdir(mode=0o700)
-        db_path = state / "socialsync.db"
-        t0 = time.perf_counter()
-        asyncio.run(create_schema(db_path))
-        seed(db_path, args.servers, args.generations)
-        print(f"seed took {time.perf_counter() - t0:.1f} s; db {db_path.stat().st_size / 2**20:.0f} MB", flush=True)
-        with DaemonProcess(tmp_path, env={**NO_LIMITS, "SOCIALSYNC_LOG_LEVEL": "WARNING"}) as d:
-            d.wait_listening(60)
-            time.sleep(2.0)  # start-up reconciliation
-            idle = vm(d.pid)
-            calls = asyncio.run(exercise(d.base_url, d.admin_key, args.rounds))
-            time.sleep(0.5)
-            loaded = vm(d.pid)
+    with seeded_daemon("socialsync-bench-rss-", args.servers, args.generations) as (d, _db_path):
+        time.sleep(2.0)  # start-up reconciliation
+        idle = vm(d.pid)
+        calls = asyncio.run(exercise(d.base_url, d.admin_key, args.rounds))
+        time.sleep(0.5)
+        loaded = vm(d.pid)
     print(f"bare python+imports: VmRSS {bare['VmRSS']:.1f} MB, VmHWM {bare['VmHWM']:.1f} MB")
     print(f"daemon after start: VmRSS {idle['VmRSS']:.1f} MB, VmHWM {idle['VmHWM']:.1f} MB")
     print(f"daemon after {calls} API calls: VmRSS {loaded['VmRSS']:.1f} MB, VmHWM {loaded['VmHWM']:.1f} MB")

@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import multiprocessing as mp
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from benchlib import serve_sims
+from benchlib import attach_ready, sims_in_child
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -46,13 +45,8 @@ async def bench(args: argparse.Namespace) -> None:
 
     from socialsync.daemon import keys
 
-    ctx = mp.get_context("spawn")
-    ports, stop = ctx.Queue(), ctx.Event()
-    child = ctx.Process(target=serve_sims, args=(args.servers, ports, stop), daemon=True)
-    child.start()
-    urls = await asyncio.to_thread(ports.get, True, 120)
     comfy = {"probe_interval": 0.05, "probe_interval_max": 0.2, "health_interval": 5.0}
-    try:
+    async with sims_in_child(args.servers) as urls:
         with tempfile.TemporaryDirectory(prefix="bench-sched-") as tmp:
             async with running_daemon(Path(tmp) / "state", comfy=comfy) as d, d.session() as api:
                 sched = d.app[keys.SCHEDULER]
@@ -66,13 +60,7 @@ async def bench(args: argparse.Namespace) -> None:
                         if finished >= args.count:
                             done.set()
                 d.app[keys.BUS].add_listener(on_event)
-                sids = []
-                for i, url in enumerate(urls):
-                    async with api.post("/api/vast-servers/attach", json={"name": f"sim-{i}", "comfyUrl": url}) as r:
-                        sids.append((await r.json())["id"])
-                for sid in sids:
-                    while (await (await api.get(f"/api/vast-servers/{sid}")).json())["setupStatus"] != "ready":
-                        await asyncio.sleep(0.05)
+                await attach_ready(api, urls)
                 tokens = []
                 for p in range(args.principals):
                     async with api.post("/api/api-keys", json={"name": f"client-{p}", "role": "operator"}) as r:
@@ -107,9 +95,6 @@ async def bench(args: argparse.Namespace) -> None:
                     "SELECT principal FROM generations WHERE scheduled = 1 ORDER BY dispatch_seq LIMIT ?",
                     (args.count // 2,))
                 ok = await d.app[keys.DB].scalar("SELECT count(*) FROM generations WHERE status = 'completed'")
-    finally:
-        stop.set()
-        await asyncio.to_thread(child.join, 10)
     shares = Counter(r[0] for r in rows)
     fair = [n / len(rows) for n in shares.values()]
     print(f"servers={args.servers} count={args.count} principals={args.principals} per_server_concurrency=2")

@@ -8,8 +8,12 @@ import asyncio
 import logging
 import multiprocessing as mp
 import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
@@ -128,3 +132,51 @@ def serve_sims(count: int, ports, stop) -> None:
             await sim.stop()
 
     asyncio.run(run())
+
+
+@asynccontextmanager
+async def sims_in_child(count: int, timeout: float = 120) -> AsyncIterator[list[str]]:
+    """``count`` instant ComfyUI simulators in their own process (so they never share
+    the measured loop); yields their base URLs and stops them on exit."""
+    ctx = mp.get_context("spawn")
+    ports, stop = ctx.Queue(), ctx.Event()
+    child = ctx.Process(target=serve_sims, args=(count, ports, stop), daemon=True)
+    child.start()
+    try:
+        yield await asyncio.to_thread(ports.get, True, timeout)
+    finally:
+        stop.set()
+        await asyncio.to_thread(child.join, 10)
+
+
+async def attach_ready(api, urls: list[str]) -> list[int]:
+    """Attach each ComfyUI to the daemon and wait until every one is ready."""
+    sids = []
+    for i, url in enumerate(urls):
+        async with api.post("/api/vast-servers/attach", json={"name": f"sim-{i}", "comfyUrl": url}) as r:
+            sids.append((await r.json())["id"])
+    for sid in sids:
+        while (await (await api.get(f"/api/vast-servers/{sid}")).json())["setupStatus"] != "ready":
+            await asyncio.sleep(0.05)
+    return sids
+
+
+@contextmanager
+def seeded_daemon(prefix: str, servers: int, generations: int) -> Iterator[tuple[Any, Path]]:
+    """A real daemon process on a state directory seeded with ``servers`` servers and
+    ``generations`` generations; yields (the process handle, the database path)."""
+    from bench_analytics import create_schema, seed
+    from ops_daemon import NO_LIMITS, DaemonProcess
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        tmp_path = Path(tmp)
+        state = tmp_path / "state"
+        state.mkdir(mode=0o700)
+        db_path = state / "socialsync.db"
+        t0 = time.perf_counter()
+        asyncio.run(create_schema(db_path))
+        seed(db_path, servers, generations)
+        print(f"seed took {time.perf_counter() - t0:.1f} s; db {db_path.stat().st_size / 2**20:.0f} MB", flush=True)
+        with DaemonProcess(tmp_path, env={**NO_LIMITS, "SOCIALSYNC_LOG_LEVEL": "WARNING"}) as d:
+            d.wait_listening(60)
+            yield d, db_path
