@@ -3,8 +3,11 @@ from __future__ import annotations
 import os
 import tempfile
 
+import aiohttp
 import pytest
 from harness import running_daemon
+
+from socialsync.daemon.sim.comfyui import ComfySim
 
 # Tests never read the developer's own configuration or Vast key.
 for var in list(os.environ):
@@ -23,4 +26,17 @@ async def daemon(tmp_path):
 @pytest.fixture
 async def admin(daemon):
     async with daemon.session() as s:
+        yield s
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def sim(tmp_path):
+    """A fast ComfyUI simulator (the Vast tests define their own ``sim``)."""
+    async with ComfySim(base_dir=tmp_path / "comfy", step_time=0.005) as s:
         yield s

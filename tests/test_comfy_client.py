@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from fleet_helpers import wait_for
 from PIL import Image
 
 from socialsync.daemon.comfy import (
@@ -28,18 +29,6 @@ from socialsync.daemon.comfy import (
     ComfyUnavailableError,
 )
 from socialsync.daemon.sim.comfyui import MODEL_FOLDERS, SAMPLERS, SCHEDULERS, ComfySim, txt2img_graph
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[ComfySim]:
-    async with ComfySim(base_dir=tmp_path / "comfy", step_time=0.005) as s:
-        yield s
 
 
 @pytest.fixture
@@ -59,17 +48,9 @@ def client(sim: ComfySim, session: aiohttp.ClientSession, calls: list[tuple[str,
     )
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+def until(predicate, timeout: float = 5.0):
+    """``wait_for`` at a ComfyUI simulator's pace."""
+    return wait_for(predicate, timeout, interval=0.005)
 
 
 async def finished(client: ComfyClient, prompt_id: str) -> dict[str, Any]:

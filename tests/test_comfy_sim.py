@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
+from fleet_helpers import wait_for
 from PIL import Image
 
 from socialsync.daemon.comfy import ComfyClient
@@ -21,29 +18,13 @@ TOPO_ORDER = ["4", "5", "7", "6", "3", "8", "9"]  # observed on real ComfyUI for
 GRAPH_ORDER = ["4", "5", "6", "7", "3", "8", "9"]  # key order of txt2img_graph()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[ComfySim]:
-    async with ComfySim(base_dir=tmp_path / "comfy", step_time=0.005) as s:
-        yield s
-
-
 def make_client(sim: ComfySim, session: aiohttp.ClientSession, client_id: str) -> ComfyClient:
     return ComfyClient(sim.base_url, session=session, client_id=client_id, retry_wait=(0.01, 0.05))
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-    return value
+def until(predicate, timeout: float = 5.0):
+    """``wait_for`` at a ComfyUI simulator's pace."""
+    return wait_for(predicate, timeout, interval=0.005)
 
 
 class Socket:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from fleet_helpers import wait_for
 
 from socialsync.daemon.comfy import (
     Cached,
@@ -45,25 +46,9 @@ class Collector:
         return self.finished(prompt_id)[0]
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-    return value
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[ComfySim]:
-    async with ComfySim(base_dir=tmp_path / "comfy", step_time=0.005) as s:
-        yield s
+def until(predicate, timeout: float = 5.0):
+    """``wait_for`` at a ComfyUI simulator's pace."""
+    return wait_for(predicate, timeout, interval=0.005)
 
 
 @pytest.fixture
