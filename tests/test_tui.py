@@ -102,7 +102,7 @@ async def test_launch_ready_generate_open_image_destroy(tmp_path, short_dir):
             form = await until(pilot, lambda: isinstance(app.screen, GenerateScreen) and app.screen)
             assert form.query_one("#g-server").value == sid
             form.query_one("#g-prompt").value = "a lighthouse at dusk"
-            form.query_one("#g-steps").value = "12"
+            form.query_one("#g-steps").value = "80"  # 1.6 s of steps: long enough to see the bar move
             await pilot.click("#g-submit")
             gens = await until(pilot, lambda: isinstance(app.screen, GenerationsScreen) and app.screen)
             row = await until(pilot, lambda: next(iter(gens.query(GenerationRow)), None), what="a running row")
@@ -123,7 +123,7 @@ async def test_launch_ready_generate_open_image_destroy(tmp_path, short_dir):
             await until(pilot, lambda: images.row_count == 1, what="the image entry")
             url = str(images.get_cell_at((0, 1)))
             assert url.startswith(d.base_url + "/api/images/") and url.endswith(".png")
-            assert "steps=12" in text_of(detail.query_one("#generation-fields"))
+            assert "steps=80" in text_of(detail.query_one("#generation-fields"))
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {d.admin_key}"}) as s, \
                     s.get(url) as r:
                 assert r.status == 200 and r.content_type == "image/png"
