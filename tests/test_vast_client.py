@@ -12,6 +12,7 @@ import pytest
 from socialsync.daemon.sim.clock import ManualClock
 from socialsync.daemon.vast import (
     DestroyOutcome,
+    Instance,
     RetryPolicy,
     VastAuthError,
     VastBadRequestError,
@@ -492,3 +493,13 @@ async def test_shared_session_is_left_open(sim):
         await c.close()
         assert not session.closed
         await c.list_instances()
+
+
+def test_an_impossible_host_port_is_no_endpoint():
+    """A binding outside 1..65535 is no port a client could connect to: no ComfyUI URL from it."""
+    inst = Instance.model_validate({"id": 1, "public_ipaddr": "203.0.113.9", "ports": {
+        "8188/tcp": [{"HostIp": "0.0.0.0", "HostPort": "419000"}], "22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "0"}],
+        "8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41000"}]}})
+    assert inst.public_endpoint(8188) is None and inst.public_endpoint(22) is None
+    assert inst.public_endpoint(8080) == ("203.0.113.9", 41000)
+

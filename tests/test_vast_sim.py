@@ -232,6 +232,13 @@ def test_catalogues_are_realistic():
     assert demo_catalog() == demo_catalog() and default_catalog(5, seed=1) != default_catalog(5, seed=2)
 
 
+def test_large_catalogue_port_ranges_are_real_ports():
+    """A 400-offer catalogue (the soak's) only has host port ranges a client can connect to."""
+    for o in default_catalog(400):
+        if o["direct_port_count"] > 0:
+            assert 0 < o["direct_port_start"] <= o["direct_port_end"] <= 65535
+
+
 # ------------------------------------------------------------------ create
 
 

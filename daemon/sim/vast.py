@@ -114,7 +114,7 @@ def default_catalog(n: int = 40, *, seed: int = 7, now: float = _EPOCH_2026) -> 
             num = 8
         offer_id = 5_100_000 + i * 131 + rng.randint(0, 97)
         machine_id = 10_000 + i * 7
-        port_start = 20_000 + i * 1_000
+        port_start = 10_000 + (i % 50) * 1_000  # host ranges stay inside 1..65535 for any catalog size
         port_count = rng.choice((0, 20, 100, 500)) if i % 9 == 8 else rng.choice((100, 200, 500))
         dph_base = round(price * num * rng.uniform(0.85, 1.3), 4)
         reliability = round(rng.uniform(0.90, 0.9995), 4)

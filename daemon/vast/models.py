@@ -195,9 +195,11 @@ class Instance(_Tolerant):
         bindings = (self.ports or {}).get(f"{internal}/{proto}") or []
         for binding in bindings:
             try:
-                return int(str(binding.host_port))
+                port = int(str(binding.host_port))
             except (TypeError, ValueError):
                 continue
+            if 0 < port <= 65535:  # anything else is no port a client could connect to
+                return port
         return None
 
     def public_endpoint(self, internal: int, proto: str = "tcp") -> tuple[str, int] | None:
