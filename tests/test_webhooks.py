@@ -4,9 +4,12 @@ retries with backoff; dead letters listed; private URLs refused unless allowed."
 from __future__ import annotations
 
 import json
+import socket
 import time
 
+import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from fleet_helpers import wait_for
 from gen_helpers import rig
 from harness import running_daemon
@@ -103,3 +106,50 @@ async def test_private_and_loopback_urls_refused_by_default(tmp_path):
                 assert resp.status == 400 and body["code"] == "VALIDATION_ERROR", (url, body)
         async with api.get("/api/queue") as resp:
             assert (await resp.json())["waiting"] == 0
+
+
+class RebindingDns(AbstractResolver):
+    """The outside world's DNS for ``hooks.example.test``: a public address to the first two
+    lookups (the check when given, the check before the send), loopback to every later one
+    (the connect): a rebinding attack."""
+
+    def __init__(self):
+        self.lookups = 0
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        self.lookups += 1
+        addr = "93.184.216.34" if self.lookups <= 2 else "127.0.0.1"
+        return [{"hostname": host, "host": addr, "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self):
+        pass
+
+
+async def test_a_name_rebound_to_loopback_after_the_check_is_not_connected_to(tmp_path):
+    """The URL passes the check (public address), then the name answers loopback, where a
+    receiver listens: the delivery never reaches it, and the attempt says why."""
+    from socialsync.daemon.services.webhooks import WebhookService
+    from socialsync.daemon.settings import SchedulerSettings
+    from socialsync.daemon.store.db import Database
+
+    dns = RebindingDns()
+    settings = SchedulerSettings(webhook_secret=SECRET, webhook_retry_base=0.05, webhook_retry_max=0.05,
+                                 webhook_retry_deadline=0.2, webhook_timeout=2)
+    async with Receiver() as hook, aiohttp.ClientSession() as shared:
+        port = hook.runner.addresses[0][1]
+        url = f"http://hooks.example.test:{port}/hook"
+        db = await Database.open(tmp_path / "db.sqlite3")
+        service = WebhookService(db, shared, settings, tmp_path, resolver=dns)
+        try:
+            await service.start()
+            await service.check_url(url)  # the public answer: accepted
+            delivery_id = await service.enqueue(None, "generation.completed", url, {"generationId": 1})
+            rows = await wait_for(lambda: service.list("dead", 10), timeout=10)
+        finally:
+            await service.stop()
+            await db.close()
+    assert hook.got == []  # nothing reached the loopback receiver
+    assert rows[0].id == delivery_id and rows[0].attempts >= 1
+    first = rows[0].attempt_log[0]  # passed both checks; stopped at the connect
+    assert first.status is None and "resolves only to loopback, private or reserved" in first.error

@@ -9,8 +9,10 @@ A delivery row is written before the first attempt; 2xx ends it ``delivered``; o
 answers and transport errors are retried with exponential backoff until the retry
 deadline, then the row stays ``dead`` (a dead letter, listed by the API). Pending rows
 are resumed after a restart. URLs on loopback, private, link-local or reserved ranges
-are refused unless ``webhook_allow_private`` (checked when given and again before each
-send, on every address the name resolves to).
+are refused unless ``webhook_allow_private``: checked when given, and enforced again on
+every connection by the webhook session's own resolver (``GuardedResolver``), so a name
+that answers a public address to the check and a private one to the connect (DNS
+rebinding) still cannot reach the daemon's network.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import aiohttp.abc
 import orjson
 
 from socialsync.common.queue import (
@@ -75,6 +78,26 @@ def _blocked(addr: str) -> bool:
             or ip.is_unspecified or not ip.is_global)
 
 
+class GuardedResolver(aiohttp.abc.AbstractResolver):
+    """A resolver that never hands the connector a loopback, private or reserved address:
+    the addresses a webhook connects to are the ones that were checked."""
+
+    def __init__(self, inner: aiohttp.abc.AbstractResolver):
+        self.inner = inner
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[aiohttp.abc.ResolveResult]:
+        results = await self.inner.resolve(host, port, family)
+        allowed = [r for r in results if not _blocked(r["host"])]
+        if not allowed:
+            # (errno, text): the connector's error then carries the text.
+            raise socket.gaierror(socket.EAI_NONAME, f"{host} resolves only to loopback, private or reserved addresses")
+        return allowed
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 def check_url_syntax(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -89,9 +112,12 @@ def check_url_syntax(url: str) -> tuple[str, int]:
 
 
 class WebhookService:
-    def __init__(self, db: Database, session: aiohttp.ClientSession, settings: SchedulerSettings, state_dir: Path):
+    def __init__(self, db: Database, session: aiohttp.ClientSession, settings: SchedulerSettings, state_dir: Path,
+                 *, resolver: aiohttp.abc.AbstractResolver | None = None):
         self.db = db
         self.session = session
+        self._own_session: aiohttp.ClientSession | None = None
+        self._resolver = resolver
         self.settings = settings
         self.state_dir = state_dir
         self._secret: bytes | None = None
@@ -102,6 +128,11 @@ class WebhookService:
 
     async def start(self) -> None:
         self._secret = await asyncio.to_thread(self._load_secret)
+        if not self.settings.webhook_allow_private:
+            # Deliveries get their own session whose resolver drops private addresses.
+            connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._dns()), limit=32)
+            self._own_session = aiohttp.ClientSession(connector=connector)
+            self.session = self._own_session
         for row in await store.pending_deliveries(self.db):
             self._spawn(row["id"])
 
@@ -111,6 +142,8 @@ class WebhookService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._own_session is not None:
+            await self._own_session.close()
 
     def _load_secret(self) -> bytes:
         if self.settings.webhook_secret is not None and self.settings.webhook_secret.get_secret_value():
@@ -153,12 +186,16 @@ class WebhookService:
             return False
         return True
 
-    @staticmethod
-    async def _resolve(host: str, port: int) -> list[str]:
-        loop = asyncio.get_running_loop()
+    def _dns(self) -> aiohttp.abc.AbstractResolver:
+        """The one name service for the check and the connect (a thread-pool getaddrinfo)."""
+        if self._resolver is None:
+            self._resolver = aiohttp.ThreadedResolver()
+        return self._resolver
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
         async with asyncio.timeout(5):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        return sorted({str(i[4][0]) for i in infos})
+            results = await self._dns().resolve(host, port, socket.AF_UNSPEC)
+        return sorted({r["host"] for r in results})
 
     def url_for(self, webhook_url: str | None) -> str | None:
         return webhook_url or self.settings.webhook_default_url
