@@ -38,6 +38,13 @@ async def test_vast_server_goes_pending_installing_ready(tmp_path):
         await wait_for(lambda: _setup(api, sid, "installing"), timeout=5)
         failed = await wait_for(lambda: _setup(api, sid, "failed"), timeout=5)
         assert "did not answer" in failed["statusMessage"]
+
+        # It comes back after the deadline (the server kept running): ready again by itself.
+        await provider.sims[vast_id].restart()
+        back = await wait_for(lambda: _setup(api, sid, "ready"), timeout=5)
+        assert back["status"] == "running" and back["metadata"]["gpuName"]
+        history = await (await api.get(f"/api/vast-servers/{sid}/history")).json()
+        assert [h["setupStatus"] for h in history[:2]] == ["ready", "failed"]
         await provider.close()
 
 

@@ -1,6 +1,9 @@
 """The readiness gate (``setupStatus``): a running server is ``installing`` until its
 ComfyUI answers ``GET /system_stats``, then ``ready``; ``failed`` when it never answers
-within the deadline. A ready server that stops answering goes back to ``installing``."""
+within the deadline. A ready server that stops answering goes back to ``installing``.
+A ``failed`` server that is still running keeps being asked, every ``health_interval``:
+when its ComfyUI answers after all (a slow first start, a model download that took
+longer than the deadline), it becomes ``ready`` without anyone having to act."""
 
 from __future__ import annotations
 
@@ -94,8 +97,13 @@ class Readiness:
         while True:
             if probe_first:
                 task.phase = "probe"  # type: ignore[attr-defined]
-                if not await self._probe(server_id):
+                outcome = await self._probe(server_id)
+                if outcome == "gone":
                     return
+                if outcome == "failed":
+                    task.phase = "late"  # type: ignore[attr-defined]
+                    if not await self._late(server_id):
+                        return
             probe_first = True
             task.phase = "health"  # type: ignore[attr-defined]
             await self._health(server_id)
@@ -106,8 +114,9 @@ class Readiness:
             return None
         return row["comfy_url"]
 
-    async def _probe(self, server_id: int) -> bool:
-        """pending/installing → ready (True) or failed (False) at the deadline."""
+    async def _probe(self, server_id: int) -> str:
+        """pending/installing → ``"ready"``, or ``"failed"`` at the deadline, or ``"gone"``
+        (the server stopped running or lost its URL)."""
         deadline = time.monotonic() + self.settings.ready_deadline
         await self.fleet.set_setup(server_id, SetupStatus.INSTALLING, "waiting for ComfyUI to answer")
         delay = self.settings.probe_interval
@@ -115,7 +124,7 @@ class Readiness:
         while True:
             url = await self._url(server_id)
             if url is None:
-                return False
+                return "gone"
             try:
                 stats = await self.pool.client(server_id, url).system_stats()
             except (ComfyError, ValueError) as exc:
@@ -123,14 +132,31 @@ class Readiness:
             else:
                 await self.fleet.set_setup(server_id, SetupStatus.READY, "ComfyUI answers",
                                            metadata=stats_metadata(stats))
-                return True
+                return "ready"
             if time.monotonic() + delay > deadline:
                 reason = f"ComfyUI did not answer within {self.settings.ready_deadline:g} s: {last_error}"
                 await self.fleet.set_setup(server_id, SetupStatus.FAILED, reason)
                 log.warning("server setup failed server_id=%d reason=%s", server_id, reason)
-                return False
+                return "failed"
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 1.6, self.settings.probe_interval_max)
+
+    async def _late(self, server_id: int) -> bool:
+        """A failed server that still runs: ask every ``health_interval``; ``ready`` (True)
+        as soon as it answers, False when it stops running."""
+        while True:
+            await asyncio.sleep(self.health_interval)
+            url = await self._url(server_id)
+            if url is None:
+                return False
+            try:
+                stats = await self.pool.client(server_id, url).system_stats()
+            except (ComfyError, ValueError):
+                continue
+            await self.fleet.set_setup(server_id, SetupStatus.READY, "ComfyUI answers (after the deadline)",
+                                       metadata=stats_metadata(stats))
+            log.info("failed server answers after all server_id=%d", server_id)
+            return True
 
     async def _health(self, server_id: int) -> None:
         """Returns when a ready server stops answering (two failures in a row)."""
