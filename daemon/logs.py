@@ -12,6 +12,8 @@ import re
 import sys
 from collections.abc import Iterable
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -83,6 +85,22 @@ class SecretFilter(logging.Filter):
 SECRET_FILTER = SecretFilter()
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad header, a broken chunk, a scanner's
+    garbage) as an ERROR with a traceback of its own parser. For an operator that is one
+    line of noise about the client, not a fault of the daemon: a WARNING, no traceback.
+    (The client gets its 400 either way.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args = "malformed HTTP request from %s: %s", (remote, exc.message or type(exc).__name__)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     for secret in secrets:
         SECRET_FILTER.add(secret)
@@ -98,6 +116,9 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
     # aiosqlite's DEBUG is every statement with its parameters (hashes, prompts, the
     # instances' keys): too much, and not ours to show.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)

@@ -166,3 +166,20 @@ def test_scrub_keeps_what_identifies_and_drops_what_authenticates():
     assert scrub("url=https://x/api/v0/instances/?api_key=v1") == "url=https://x/api/v0/instances/?api_key=[redacted]"
     assert scrub("csrf_token=keep password_hash=keep", ["zz"]) == "csrf_token=keep password_hash=keep"
     assert scrub("vast key is s3cr3t", ["s3cr3t"]) == "vast key is [redacted]"
+
+
+def test_a_malformed_request_is_one_warning_line_not_a_traceback(tmp_path):
+    """A client that sends a broken header gets its 400; the operator's log gets one
+    WARNING naming the client, not an ERROR with aiohttp's parser traceback."""
+    with DaemonProcess(tmp_path) as d:
+        d.wait_listening()
+        with socket.create_connection(("127.0.0.1", d.port), timeout=10) as sock:
+            sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n")
+            answer = sock.recv(4096)
+        assert answer.split(b" ", 2)[1] == b"400", answer[:80]
+        d.signal(signal.SIGTERM)
+        assert d.wait(15) == 0
+    err = d.stderr()
+    assert "Traceback" not in err and " ERROR " not in err, err
+    warning = next(line for line in err.splitlines() if "malformed HTTP request" in line)
+    assert " WARNING aiohttp.server: malformed HTTP request from 127.0.0.1: " in warning
