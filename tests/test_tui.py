@@ -284,6 +284,8 @@ async def test_fleet_filter_sort_and_updates_in_place():
         table = await until(pilot, lambda: app.screen.query_one(FleetTable))
         await until(pilot, lambda: table.row_count == 6)
         assert cell_text(table, "2", "status") == "running/installing"
+        # Uptime and cost come with the dashboard, fetched once the first screen is drawn.
+        await until(pilot, lambda: cell_text(table, "1", "cost") != "—")
         assert cell_text(table, "1", "uptime") == "3h01m" and cell_text(table, "1", "cost") == "$1.05"
 
         # An event changes one cell, in place, and the terminal shows it (the row's cached
@@ -320,7 +322,7 @@ async def test_disconnect_banner_and_palette_commands():
     daemon = FakeDaemon()
     app = fake_app(daemon)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.connection.live)
+        await until(pilot, lambda: app.connection.live and app.stats is not None)  # the dashboard follows the first screen
         daemon.disconnect("connection refused")
         await until(pilot, lambda: banner(app).display)
         assert "unreachable" in text_of(banner(app))

@@ -49,8 +49,8 @@ from socialsync.tui.state import Connection, GenerationLive, LiveState, audit_li
 DEFAULT_URL = "http://127.0.0.1:8420"
 STATS_MIN_INTERVAL = 5.0  # the dashboard is fetched again at most this often, and only after events
 FINISHED_KEPT = 30.0  # seconds a finished generation stays among the active ones
-REFUSED_RETRY = (2.0, 30.0)
-FIRST_PAINT_GRACE = 0.3  # seconds after the first snapshot before the history is fetched  # first and longest wait after the daemon refuses the stream
+REFUSED_RETRY = (2.0, 30.0)  # first and longest wait after the daemon refuses the stream
+FIRST_PAINT_GRACE = 0.3  # seconds after the first snapshot before the dashboard and the history are fetched
 
 
 class SocialSyncApp(App[int]):
@@ -105,6 +105,9 @@ class SocialSyncApp(App[int]):
         self._fetching_servers: set[int] = set()
         self._fetching_generations: set[int] = set()
         self.pending_select: int | None = None
+        #: Until the first screen is drawn: the dashboard and the history wait (they are
+        #: not on it, and a big fleet's usage figures would delay it).
+        self._first_paint = True
 
     # -- properties screens use -------------------------------------------------------
 
@@ -185,7 +188,7 @@ class SocialSyncApp(App[int]):
                 self.live.reset(item.snapshot.servers, item.snapshot.generations, item.seq)
                 self.live.flush()
                 if first:  # after the first screen is drawn: it does not need them
-                    self.set_timer(FIRST_PAINT_GRACE, self._fetch_history)
+                    self.set_timer(FIRST_PAINT_GRACE, self._first_paint_done)
                 else:
                     self._fetch_history()
             self.connection = Connection("live", item.transport, last_seq=item.seq)
@@ -205,6 +208,12 @@ class SocialSyncApp(App[int]):
     def _fetch_history(self) -> None:
         self.fetch_recent()
         self.fetch_audit()
+
+    def _first_paint_done(self) -> None:
+        self._first_paint = False
+        self._fetch_history()
+        if self.live.stats_wanted:
+            self._stats_due()
 
     def action_reconnect(self) -> None:
         """Drop the stream and connect again now (resuming from the last seq)."""
@@ -228,6 +237,8 @@ class SocialSyncApp(App[int]):
             self._stats_due()
 
     def _stats_due(self) -> None:
+        if self._first_paint:
+            return  # asked for again by _first_paint_done
         wait = self._last_stats + self.stats_interval - time.monotonic()
         if wait <= 0:
             self.live.stats_wanted = False

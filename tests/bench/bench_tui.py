@@ -61,8 +61,7 @@ def child(args: argparse.Namespace) -> None:
     stats: dict[str, float] = {"events": 0}
 
     class BenchApp(SocialSyncApp):
-        def on_mount(self) -> None:
-            super().on_mount()
+        def on_mount(self) -> None:  # Textual runs SocialSyncApp.on_mount after this one
             self.run_worker(self.produce(), name="producer")
             if args.duration:
                 self.set_timer(args.duration, self.finish)

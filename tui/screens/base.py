@@ -50,7 +50,14 @@ class LiveScreen(ErrorsToApp, Screen):
     def live(self) -> LiveState:
         return self.ss.live
 
+    _live_mounted = False
+
     def on_mount(self) -> None:
+        # Textual calls each class's on_mount along the MRO, and subclasses also call
+        # super().on_mount() to subscribe first: subscribe and watch once.
+        if self._live_mounted:
+            return
+        self._live_mounted = True
         self.live.subscribe(self)
         # Not at once (init=False): every refresh of the bindings recomposes the footer.
         self.watch(self.app, "role", self._role_changed, init=False)

@@ -57,7 +57,7 @@ LABELS = {key: label for key, label, _ in COLUMNS}
 Spec = tuple[str, str, Any, str | None]
 FIT = {key for key, _, width in COLUMNS if width is None}
 RIGHT = ("id", "price", "uptime", "cost", "gens")
-FIRST_CHUNK = 120  # rows added before the first paint of a big fleet (more than a screenful)
+FIRST_CHUNK = 40  # rows added before the first paint of a big fleet, at least (a screenful: see _first_chunk)
 CHUNK = 250  # rows added per repaint after that
 RESORT_INTERVAL = 2.0  # seconds a changed sort value may wait before its row moves
 TIME_COLUMNS = ("uptime", "cost")
@@ -150,7 +150,7 @@ class FleetTable(DataTable):
         servers = self.live.servers
         if ids is None:
             ids = set(servers) | {int(k.value) for k in self.rows if k.value is not None}
-        new: list[tuple[int, dict[str, Spec]]] = []
+        new: list[tuple[int, Server]] = []
         changes: dict[int, dict[str, Cell]] = {}
         for sid in ids:
             key = str(sid)
@@ -160,10 +160,10 @@ class FleetTable(DataTable):
                 if present:
                     self._remove(sid)
                 continue
-            specs = self.specs(server, None if not present else columns)
             if not present:
-                new.append((sid, specs))
+                new.append((sid, server))
                 continue
+            specs = self.specs(server, columns)
             shown = self._shown
             for c, spec in specs.items():
                 sig = spec[:2]
@@ -179,21 +179,62 @@ class FleetTable(DataTable):
 
     # -- adding rows ----------------------------------------------------------------------
 
-    def _add(self, new: list[tuple[int, dict[str, Spec]]]) -> None:
+    def _add(self, new: list[tuple[int, Server]]) -> None:
         """Add rows. A big first load is drawn a screenful first: the rest follows in
-        chunks after each repaint (a table measures every cell it is given)."""
+        chunks after each repaint (a table measures every cell it is given), and the
+        cells of those rows are worked out when their chunk is added."""
         column = self.sort_column
-        new.sort(key=lambda item: (item[1][column][2], item[0]), reverse=self.sort_reverse)
-        if self._backlog is None and not self.rows and len(new) > FIRST_CHUNK:
-            self._backlog = [sid for sid, _ in new[FIRST_CHUNK:]]
-            new = new[:FIRST_CHUNK]
+        computed: dict[int, dict[str, Spec]] = {}
+
+        def specs_of(sid: int, server: Server) -> dict[str, Spec]:
+            specs = computed.get(sid)
+            if specs is None:
+                specs = computed[sid] = self.specs(server)
+            return specs
+
+        if column == "id":  # the id is its own sort key: no cell is needed to sort
+            new.sort(key=lambda item: item[0], reverse=self.sort_reverse)
+        else:
+            new.sort(key=lambda item: (specs_of(*item)[column][2], item[0]), reverse=self.sort_reverse)
+        first = self._first_chunk()
+        first_load = self._backlog is None and not self.rows
+        if first_load and len(new) > first:
+            self._backlog = [sid for sid, _ in new[first:]]
+            new = new[:first]
             self.call_after_refresh(self._load_more)
-        for sid, specs in new:
+        for sid, server in new:
+            specs = specs_of(sid, server)
             self.add_row(*(make_cell(c, specs[c]) for c, _, _ in COLUMNS), key=str(sid))
             for c, _, _ in COLUMNS:
                 self._shown[(sid, c)] = specs[c][:2]
         if self._backlog is None:
             self.resort()
+        if first_load:
+            self._measure_now()
+
+    def _first_chunk(self) -> int:
+        """Rows enough to fill the screen: the table cannot show more than the terminal's
+        height (the rest follows after the first paint)."""
+        try:
+            height = self.app.size.height
+        except Exception:  # no app yet
+            height = 0
+        return max(FIRST_CHUNK, height + 10)
+
+    def _measure_now(self) -> None:
+        """Measure the rows just added now rather than when the table is next idle (as
+        ``DataTable._on_idle`` would): a repaint due before that would draw them with the
+        columns' old widths, only to be drawn again once measured. Textual 8's internals;
+        other versions measure at idle as usual."""
+        if not self.fast_updates or not getattr(self, "_require_update_dimensions", False):
+            return
+        try:
+            new_rows = self._new_rows.copy()
+            self._new_rows.clear()
+            self._require_update_dimensions = False
+            self._update_dimensions(new_rows)
+        except AttributeError:  # pragma: no cover  (internals not as expected: idle measures)
+            self._require_update_dimensions = True
 
     def _load_more(self) -> None:
         backlog = self._backlog or []
