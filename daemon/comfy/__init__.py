@@ -17,6 +17,7 @@ from socialsync.daemon.comfy.models import (
     QueueItem,
     QueueState,
     UploadedImage,
+    ViewBody,
     ViewResult,
     iter_output_files,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "QueuedPrompt",
     "Started",
     "UploadedImage",
+    "ViewBody",
     "ViewResult",
     "WatchEvent",
     "iter_output_files",

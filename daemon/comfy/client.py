@@ -27,7 +27,7 @@ import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 from uuid import uuid4
 
 import aiohttp
@@ -50,6 +50,7 @@ from socialsync.daemon.comfy.models import (
     QueueItem,
     QueueState,
     UploadedImage,
+    ViewBody,
     ViewResult,
     iter_output_files,
 )
@@ -61,6 +62,47 @@ log = logging.getLogger(__name__)
 OnCall = Callable[[str, str, float], None]
 
 _WRITE_BUFFER = 1024 * 1024  # flush downloaded bytes to disk in ~1 MiB thread hops
+
+
+def _open_part(part: Path, digest: Any, data: bytes) -> BinaryIO:
+    """Blocking: the folder, the `.part` file and its first bytes, in one thread hop."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(part, "wb")  # closed by _close_part, or by the caller on failure
+    try:
+        _write_part(fh, digest, data)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _write_part(fh: BinaryIO, digest: Any, data: bytes) -> None:
+    digest.update(data)  # hashlib lets go of the GIL for large buffers
+    fh.write(data)
+
+
+def _close_part(fh: BinaryIO, digest: Any, data: bytes, part: Path, target: Path) -> None:
+    """Blocking: the last bytes, close, rename into place, in one thread hop."""
+    try:
+        if data:
+            _write_part(fh, digest, data)
+    finally:
+        fh.close()
+    os.replace(part, target)
+
+
+def _save(data: bytes, target: Path) -> str:
+    """Blocking: write a whole body to `target` atomically (via `.part`); its sha256 hex."""
+    part = target.with_name(target.name + ".part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(part, "wb") as fh:
+            fh.write(data)
+        os.replace(part, target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()
 
 
 class _Response(NamedTuple):
@@ -150,6 +192,9 @@ class ComfyClient:
             self._headers["Authorization"] = f"Bearer {bearer_token}"
         self._timeout_s = float(timeout)
         self._timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+        # Downloads (large files): bound each read, not the whole transfer.
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s,
+                                                     sock_read=self._timeout_s)
         self._on_call = on_call
         self._attempts = max(1, attempts)
         self._retry_wait = retry_wait
@@ -485,56 +530,84 @@ class ComfyClient:
         """Stream `GET /view` into `dest` (atomically, via `<dest>.part`).
 
         Returns `(bytes_written, sha256 hex, content_type)`. 404 → `ComfyNotFoundError`.
+        A small file costs one thread hop (hash, write, rename together).
         """
         if dest is None:
             raise TypeError("view() needs a destination path")
         target = Path(dest)
+        body = await self.fetch(filename, subfolder, type, spill=target, in_memory=_WRITE_BUFFER,
+                                chunk_size=chunk_size)
+        if body.data is None:
+            assert body.sha256 is not None
+            return ViewResult(body.size, body.sha256, body.content_type)
+        sha = await asyncio.to_thread(_save, body.data, target)
+        return ViewResult(body.size, sha, body.content_type)
+
+    async def fetch(
+        self,
+        filename: str,
+        subfolder: str = "",
+        type: str = "output",
+        *,
+        spill: Path | str,
+        in_memory: int = 8 * 1024 * 1024,
+        chunk_size: int = 256 * 1024,
+    ) -> ViewBody:
+        """`GET /view`, kept in memory when the body is at most `in_memory` bytes (no
+        thread hop at all: the caller checks, hashes and stores it in one), else
+        streamed to `spill` (atomically, via `<spill>.part`) and hashed on the way, in
+        ~1 MiB thread hops. 404 → `ComfyNotFoundError`."""
         params = {"filename": filename, "type": type}
         if subfolder:
             params["subfolder"] = subfolder
         async for attempt in self._retrying(_is_unavailable):
             with attempt:
-                return await self._view_once(params, target, chunk_size)
+                return await self._fetch_once(params, Path(spill), in_memory, chunk_size)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _view_once(self, params: dict[str, str], target: Path, chunk_size: int) -> ViewResult:
+    async def _fetch_once(self, params: dict[str, str], target: Path, in_memory: int, chunk_size: int) -> ViewBody:
         endpoint = "GET /view"
         part = target.with_name(target.name + ".part")
-        # Large files: bound each read, not the whole transfer.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s, sock_read=self._timeout_s)
         start = time.monotonic()
         outcome = "connection_error"
-        done = False
+        fh = None
+        spilled = done = False
         try:
             async with self._session.get(
-                self.url("/view"), params=params, headers=self._headers, timeout=timeout, allow_redirects=False
+                self.url("/view"), params=params, headers=self._headers, timeout=self._stream_timeout,
+                allow_redirects=False,
             ) as resp:
                 if resp.status >= 300:
                     outcome = f"http_{resp.status}"
                     self._raise_for_status(
                         _Response(resp.status, await resp.read(), resp.content_type, resp.headers), endpoint
                     )
-                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-                fh = await asyncio.to_thread(open, part, "wb")
                 digest = hashlib.sha256()
                 written = 0
                 buf = bytearray()
                 try:
                     async for chunk in resp.content.iter_chunked(chunk_size):
-                        digest.update(chunk)
                         written += len(chunk)
                         buf += chunk
-                        if len(buf) >= _WRITE_BUFFER:
-                            await asyncio.to_thread(fh.write, bytes(buf))
+                        if fh is None and len(buf) > in_memory:
+                            spilled = True
+                            fh = await asyncio.to_thread(_open_part, part, digest, bytes(buf))
                             buf.clear()
-                    if buf:
-                        await asyncio.to_thread(fh.write, bytes(buf))
+                        elif fh is not None and len(buf) >= _WRITE_BUFFER:
+                            await asyncio.to_thread(_write_part, fh, digest, bytes(buf))
+                            buf.clear()
+                    if fh is None:
+                        done = True
+                        outcome = "ok"
+                        return ViewBody(written, resp.content_type, bytes(buf), None)
+                    closing, fh = fh, None
+                    await asyncio.to_thread(_close_part, closing, digest, bytes(buf), part, target)
                 finally:
-                    await asyncio.to_thread(fh.close)
-                await asyncio.to_thread(os.replace, part, target)
+                    if fh is not None:
+                        await asyncio.to_thread(fh.close)
                 done = True
                 outcome = "ok"
-                return ViewResult(written, digest.hexdigest(), resp.content_type)
+                return ViewBody(written, resp.content_type, None, digest.hexdigest())
         except TimeoutError as exc:
             outcome = "timeout"
             raise ComfyUnavailableError(f"{endpoint} on {self._base}: timed out") from exc
@@ -542,7 +615,7 @@ class ComfyClient:
             raise ComfyUnavailableError(f"{endpoint} on {self._base}: {type(exc).__name__}: {exc}") from exc
         finally:
             self._report(endpoint, outcome, time.monotonic() - start)
-            if not done:
+            if spilled and not done:
                 await asyncio.to_thread(part.unlink, missing_ok=True)
 
     async def download_outputs(

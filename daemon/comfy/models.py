@@ -89,6 +89,17 @@ class ViewResult(NamedTuple):
     content_type: str
 
 
+class ViewBody(NamedTuple):
+    """What `ComfyClient.fetch` got: the body itself when it was small enough to keep in
+    memory (`data`; nothing written, not hashed), else it was streamed to the spill path
+    (`data` None, `sha256` of what was written)."""
+
+    size: int
+    content_type: str
+    data: bytes | None
+    sha256: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class ModelFile:
     """A file of a model folder; `size`/`modified` are None when the server cannot tell."""

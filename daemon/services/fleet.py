@@ -240,6 +240,9 @@ class FleetService:
         self._listeners: list[StatusListener] = []
         self._guards: list[LaunchGuard] = []
         self._list_cache: dict[bool, tuple[int, bytes]] = {}
+        # Rows as last read by `cached_row`; every write of a server row below drops its entry.
+        self._rows: dict[int, Any] = {}
+        self._rows_epoch = 0
         self._onstart_additions: list[Callable[[ServerCreate], str | None]] = []
         self.last_sync: SyncReport | None = None
 
@@ -297,6 +300,25 @@ class FleetService:
         if row is None:
             raise ServerNotFound(server_id)
         return row
+
+    async def cached_row(self, server_id: int):
+        """Like `row`, from memory while this service has not written that server since it
+        was read. Every write of a server's status, setup, address or identity goes
+        through this service (which drops the entry before and after it), so those
+        columns are current; ``last_activity_at``, which generations write, may lag. For
+        the generation hot path's readiness check, which must not cost a database read."""
+        row = self._rows.get(server_id)
+        if row is not None:
+            return row
+        epoch = self._rows_epoch
+        row = await self.row(server_id)
+        if epoch == self._rows_epoch:  # no write began meanwhile: what was read is current
+            self._rows[server_id] = row
+        return row
+
+    def _forget_row(self, server_id: int) -> None:
+        self._rows_epoch += 1
+        self._rows.pop(server_id, None)
 
     async def list_servers(self, include_destroyed: bool = False) -> list[Server]:
         return [to_wire(r) for r in await store.list_all(self.db, include_destroyed)]
@@ -377,7 +399,11 @@ class FleetService:
         if "status" in changed and status in TRANSITIONING and row["status"] not in TRANSITIONING:
             changed["boot_started_at"] = now
         history = {"at": now, "status": status, "setup_status": setup, "reason": reason} if status_changed else None
-        await store.update(self.db, row["id"], changed, history)
+        self._forget_row(row["id"])
+        try:
+            await store.update(self.db, row["id"], changed, history)
+        finally:
+            self._forget_row(row["id"])
         new = await store.get(self.db, row["id"])
         if status_changed:
             log.info("server status server_id=%d status=%s setup=%s reason=%s", row["id"], status, setup, reason)
@@ -429,7 +455,9 @@ class FleetService:
         }
         server_id = await store.insert_with_history(self.db, row, "launch requested")
         label = self.label_for(server_id)
+        self._forget_row(server_id)
         await store.update(self.db, server_id, {"label": label})
+        self._forget_row(server_id)
         env = dict(req.env or {})
         try:
             created = await vast.create_instance(
@@ -446,17 +474,23 @@ class FleetService:
                                                                  reason="launch sent, not yet confirmed by Vast"))
                 return ServerLaunched(id=server_id, vast_id=None, status=ServerStatus.LAUNCHING,
                                       message="Launch sent; Vast did not confirm yet, reconciling by label"), server_id
+            self._forget_row(server_id)
             await store.update(self.db, server_id, {"vast_id": found.id})
+            self._forget_row(server_id)
             vast_id = found.id
         except VastError as exc:
+            self._forget_row(server_id)
             await store.delete(self.db, server_id)  # nothing was rented: leave no half-written row
+            self._forget_row(server_id)
             raise vast_error(exc) from exc
         except BaseException:
             # Cancelled or crashed mid-call: keep the row; the label reconciles it.
             raise
         else:
             vast_id = created.instance_id
+            self._forget_row(server_id)
             await store.update(self.db, server_id, {"vast_id": vast_id, "instance_api_key": created.instance_api_key})
+            self._forget_row(server_id)
         self.kick()
         self.bus.publish(SERVER_STATUS, ServerStatusData(server_id=server_id, status=ServerStatus.LAUNCHING,
                                                          setup_status=SetupStatus.PENDING, reason="launched"))

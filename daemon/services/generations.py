@@ -205,6 +205,9 @@ class FinishedGeneration:
     error: str | None
     image_urls: list[str]
     duration_ms: int | None
+    #: Submitted straight to a server in this run (not through the scheduler's queue):
+    #: its row carries no webhook URL of its own.
+    direct: bool = False
 
 
 FinishListener = Callable[[FinishedGeneration], Awaitable[None] | None]
@@ -231,6 +234,7 @@ class _Track:
     resumed: bool = False  # followed again after a restart: its start was not seen
     created_at: str | None = None
     posting: bool = False  # POST /prompt still in flight: "not in queue or history" is no news yet
+    direct: bool = False  # a row inserted by `submit` itself (not a scheduler's waiting row)
 
 
 @dataclass(eq=False)
@@ -430,7 +434,7 @@ class GenerationService:
             await self._reconciled.wait()
         if self._closed:
             raise ComfyUnavailable("Shutting down", "the daemon is stopping")
-        row = await self.fleet.row(server_id)
+        row = await self.fleet.cached_row(server_id)  # no database read per submit
         if not is_ready(row):
             raise ServerNotReady("Server not ready",
                                  f"server {server_id} is {row['status']} with setup {row['setup_status']}; "
@@ -463,7 +467,8 @@ class GenerationService:
             })
         if resolved.workflow_id is None:
             graph[BUILTIN_OUTPUT_NODE]["inputs"]["filename_prefix"] = f"socialsync/gen-{generation_id}"
-        track = _Track(generation_id, server_id, prompt_id, watch.client, steps=effective.get("steps"))
+        track = _Track(generation_id, server_id, prompt_id, watch.client, steps=effective.get("steps"),
+                       direct=existing is None)
         self._tracks[prompt_id] = track
         self._by_generation[generation_id] = track
         watch.watcher.track(prompt_id)  # before the post: events can outrun its answer
@@ -717,7 +722,9 @@ class GenerationService:
             log.warning("ComfyUI lost server_id=%d url=%s", server_id, watch.url)
             self.readiness.suspect(server_id)
 
-    async def _on_watch_event(self, server_id: int, event: WatchEvent) -> None:
+    def _on_watch_event(self, server_id: int, event: WatchEvent) -> None:
+        # Plain (not async): the watcher's dispatcher calls it for every event of every
+        # prompt, and nothing here waits.
         track = self._tracks.get(event.prompt_id)
         if track is None or track.done:
             return
@@ -809,6 +816,8 @@ class GenerationService:
             entry = await client.history(prompt_id)
             files = [f for f in iter_output_files((entry or {}).get("outputs") or {}) if is_image_output(f)]
         chosen = [f for f in files if f.type == "output"] or files  # previews only when nothing was saved
+        if len(chosen) == 1:  # the usual case: no task to gather
+            return [await self.images.download(client, chosen[0])]
         return list(await asyncio.gather(*(self.images.download(client, f) for f in chosen)))
 
     async def _finalize(self, track: _Track, status: GenerationStatus, error: str | None,
@@ -825,13 +834,13 @@ class GenerationService:
             watch.watcher.untrack(track.prompt_id)
         return await self._finalize_row(track.generation_id, track.server_id, status, error, images,
                                         progress=track.progress, step=track.step, steps=track.steps, timing=timing,
-                                        created_at=track.created_at)
+                                        created_at=track.created_at, direct=track.direct)
 
     async def _finalize_row(self, generation_id: int, server_id: int | None, status: GenerationStatus,
                             error: str | None, images: Sequence[StoredImage] = (),
                             *, progress: int | None = None, step: int | None = None,
                             steps: int | None = None, timing: tuple[int, int] | None = None,
-                            created_at: str | None = None) -> bool:
+                            created_at: str | None = None, direct: bool = False) -> bool:
         if status == GenerationStatus.FAILED and self._requeue_hook is not None:
             try:
                 decision = await self._requeue_hook(generation_id, server_id, error or "failed")
@@ -865,7 +874,7 @@ class GenerationService:
             self.bus.publish(GENERATION_FAILED, GenerationFailedData(
                 generation_id=generation_id, server_id=server_id, status=str(status), error=error or str(status)))
             log.info("generation %s generation_id=%d server_id=%s error=%s", status, generation_id, server_id, error)
-        done = FinishedGeneration(generation_id, server_id, status, error, urls, duration_ms)
+        done = FinishedGeneration(generation_id, server_id, status, error, urls, duration_ms, direct)
         for fut in self._waiters.get(generation_id, []):
             if not fut.done():
                 fut.set_result(done)

@@ -97,6 +97,7 @@ class Scheduler:
         self._ring: collections.deque[str] = collections.deque()  # principals with waiting work
         self._deficit: dict[str, float] = {}
         self._reserved: dict[int, set[int]] = {}  # dispatches in flight per server
+        self._no_webhook: set[int] = set()  # dispatched items whose request had no webhook URL
         self._last_checkpoint: dict[int, str] = {}
         self._cooldown: dict[int, float] = {}
         self._seq = 0
@@ -303,6 +304,8 @@ class Scheduler:
         return "all matching servers busy"
 
     async def _dispatch(self, item: Item, server_id: int, seq: int) -> None:
+        if not item.request.get("webhookUrl"):  # the row's webhook_url is the request's, never changed
+            self._no_webhook.add(item.id)
         req = GenerateRequest.model_validate(
             {k: v for k, v in item.request.items() if k not in ("priority", "requiredModels", "webhookUrl")})
         try:
@@ -357,6 +360,10 @@ class Scheduler:
             self._reserved.get(done.server_id, set()).discard(done.generation_id)
         self._remove(done.generation_id)  # a waiting item cancelled or failed
         self.wake()
+        no_url = done.direct or done.generation_id in self._no_webhook
+        self._no_webhook.discard(done.generation_id)
+        if no_url and self.webhooks.url_for(None) is None:
+            return  # no webhook to send: the row is not read again
         row = await gen_store.get(self.db, done.generation_id)
         if row is None:
             return

@@ -1,6 +1,7 @@
 """Benchmark of generations end to end, against instant simulated ComfyUI servers.
 
     .venv/bin/python tests/bench/bench_generations.py [--servers 4] [--count 600] [--concurrency 32] [--quick]
+        [--profile FILE]
 
 A real daemon (``create_app`` on loopback, in this process) with ``--servers`` ComfyUI
 simulators attached (``step_time=0``, 1 sampler step, 64x64 images), all in one
@@ -13,7 +14,8 @@ Figures:
 
 - **generations/s**: ``count`` generations with ``concurrency`` in flight (a new one is
   submitted when one completes), from the first submit to the last
-  ``generation_completed``;
+  ``generation_completed``; with the CPU time this process spent per generation meanwhile
+  (steadier than the rate on a shared machine);
 - **daemon-added latency** p50/p99/max: from ComfyUI's ``execution_success`` (its
   history timestamp, ms) to the daemon publishing ``generation_completed``, both on this
   machine's clock. It covers the websocket message, the ``Finished`` dispatch, the
@@ -27,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import logging
+import pstats
 import statistics
 import sys
 import tempfile
@@ -104,9 +108,17 @@ async def bench(args: argparse.Namespace) -> None:
                     async with sem:
                         return await one(n)
 
-                started = time.perf_counter()
+                profiler = cProfile.Profile() if args.profile else None
+                if profiler is not None:
+                    profiler.enable()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 burst = await asyncio.gather(*(limited(n) for n in range(args.count)))
-                elapsed = time.perf_counter() - started
+                elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(args.profile)
+                    stats = pstats.Stats(args.profile, stream=sys.stderr)
+                    stats.sort_stats("tottime").print_stats(40)
                 burst_lat = await latencies(burst)
                 ok = await d.app[keys.DB].scalar("SELECT count(*) FROM generations WHERE status = 'completed'")
                 images = sum(1 for _ in (d.settings.images_dir).rglob("*.png"))
@@ -114,6 +126,8 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"servers={args.servers} concurrency={args.concurrency} count={args.count} (1 step, 64x64 PNG each)")
     print(f"  end to end: {args.count / elapsed:8.1f} generations/s  ({elapsed:.2f} s; "
           f"{ok} completed rows, {images} stored images)")
+    print(f"  CPU of this process (daemon and load generator, all threads) during the burst: "
+          f"{cpu * 1000 / args.count:5.2f} ms per generation")
     for name, lat in (("idle (one at a time)", idle_lat), (f"under load ({args.concurrency} in flight)", burst_lat)):
         print(f"  daemon-added latency, ComfyUI finished → generation_completed, {name}: "
               f"p50 {pct(lat, 0.5):6.1f} ms  p99 {pct(lat, 0.99):6.1f} ms  max {max(lat):6.1f} ms  "
@@ -126,6 +140,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--idle", type=int, default=100, help="generations measured one at a time")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the burst (this process: daemon and "
+                        "load alike), write the stats to FILE and print the top of them to stderr")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke check)")
     args = parser.parse_args()
     if args.quick:
