@@ -38,3 +38,31 @@ async def test_autoscale_rents_the_cheapest_matching_offer_and_the_queue_drains(
         assert len(audit) == 1 and audit[0]["actor"] == "system"
         assert audit[0]["details"]["offerId"] == cheapest["offerId"]
     await provider.close()
+
+
+async def test_autoscale_waits_for_a_booting_server_instead_of_renting_more(tmp_path):
+    """No cooldown, room for three servers, work waiting: while the first rented server
+    boots (loading at Vast, then installing) the rule rents nothing more."""
+    provider = DemoComfyProvider(tmp_path / "comfy", step_time=0.01)
+    scheduler = {"autoscale": True, "queue_wait_threshold": 0.1, "autoscale_cooldown": 0,
+                 "autoscale_max_servers": 3, "safety_interval": 0.1}
+    async with fleet(tmp_path, sim_kw={"comfy_provider": provider, "boot_seconds": 3.0}, comfy=FAST,
+                     scheduler=scheduler) as (sim, d), d.session() as api:
+        async with api.post("/api/generate", json={"prompt": "a harbour at dawn",
+                                                   "parameters": {"steps": 1, "width": 64, "height": 64}}) as r:
+            gid = (await r.json())["generationId"]
+
+        async def first_booting():
+            servers = await (await api.get("/api/vast-servers")).json()
+            return servers if servers and servers[0]["status"] == "loading" else None
+
+        await wait_for(first_booting, timeout=15, interval=0.05)
+
+        async def completed():
+            async with api.get(f"/api/generations/{gid}") as resp:
+                g = await resp.json()
+            return g if g["status"] == "completed" else None
+
+        await wait_for(completed, timeout=40, interval=0.2)
+        assert len(sim.requests_for("create")) == 1  # the wait through loading/installing rented nothing more
+    await provider.close()

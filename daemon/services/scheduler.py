@@ -37,7 +37,7 @@ import orjson
 from socialsync.common.events import MODEL_DOWNLOAD, SERVER_STATUS
 from socialsync.common.generations import GenerateRequest, GenerationStatus
 from socialsync.common.queue import QueuedGenerateRequest, QueuedResponse, QueueItem, QueueView
-from socialsync.common.servers import OfferQuery, ServerCreate, ServerStatus
+from socialsync.common.servers import OfferQuery, ServerCreate, ServerStatus, SetupStatus
 from socialsync.common.wire import iso, now_iso
 from socialsync.daemon.errors import AppError, BadRequest, Conflict, NotFound, RateLimited
 from socialsync.daemon.events import EventBus
@@ -479,9 +479,10 @@ class Scheduler:
         if time.monotonic() - self._last_launch < s.autoscale_cooldown and self._last_launch:
             return None
         rows = [r for r in await servers_store.list_all(self.db) if r["kind"] == "vast"]
-        if any(r["status"] in (ServerStatus.LAUNCHING,) for r in rows):
-            return None  # one launch at a time: wait until it is up
-        if len([r for r in rows if r["status"] == ServerStatus.RUNNING]) >= s.autoscale_max_servers:
+        if any(_coming_up(r) for r in rows):
+            return None  # one launch at a time: wait until it is up (booting or installing)
+        serving = [r for r in rows if r["status"] in (ServerStatus.LAUNCHING, ServerStatus.LOADING, ServerStatus.RUNNING)]
+        if len(serving) >= s.autoscale_max_servers:
             return None
         offers = await self.fleet.search_offers(OfferQuery(
             gpu_name=s.autoscale_gpu_name, min_gpu_ram=s.autoscale_min_gpu_ram, max_price=s.autoscale_max_price,
@@ -506,3 +507,11 @@ def _human(seconds: float) -> str:
     if seconds <= 90:
         return f"{max(1, int(seconds))}-{max(2, int(seconds * 1.5) + 1)} seconds"
     return f"{max(1, int(seconds // 60))}-{max(2, int(seconds * 1.5 // 60) + 1)} minutes"
+
+
+def _coming_up(row) -> bool:
+    """Rented and on its way to serving: booting at Vast, or running with ComfyUI not answering yet."""
+    if row["status"] in (ServerStatus.LAUNCHING, ServerStatus.LOADING):
+        return True
+    return row["status"] == ServerStatus.RUNNING and row["setup_status"] in (SetupStatus.PENDING,
+                                                                             SetupStatus.INSTALLING)
