@@ -18,8 +18,12 @@ money is ``Decimal`` until it is written out as a string, so each figure is exac
 Queries stay cheap with millions of generations (migration 005):
 
 - the dashboard counts queued/processing and finished-since ranges on indexes
-  (``generations(status, id)``, ``generations(status, completed_at)``); spend is one
-  pass over ``server_status_history(server_id, at)`` for today and the month;
+  (``generations(status, id)``, ``generations(status, completed_at)``), with the
+  ``servers`` change counter (migration 008), in one statement; spend is one pass over
+  ``server_status_history(server_id, at)`` for today and the month, kept with the burn
+  rate and the server counts (``ServerSnapshot``) until that counter moves, the UTC day
+  ends or a row dated later comes into the window: in between, only the open spans
+  grow, so the spend at a later instant is exact arithmetic on the kept sums;
 - analytics windows take whole days from ``generation_daily`` and whole hours from
   ``generation_hourly`` (counters kept exact by triggers), only the partial days/hours
   at the edges from the generations' covering index, and the duration percentiles from
@@ -42,7 +46,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +88,7 @@ CREDIT_RETRY = 10.0  # seconds before a failed credit fetch is tried again
 CREDIT_WAIT = 2.0  # the first request waits this long for the very first figure
 LIVE_STATUSES = [s.value for s in ServerStatus if s != ServerStatus.DESTROYED]
 GEN_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
+EXACT_DIGITS = 60  # the spend sums (prices × ms) are exact well within this many digits
 
 
 def _ms_sql(expr: str) -> str:
@@ -92,8 +97,9 @@ def _ms_sql(expr: str) -> str:
 
 
 # The status history of the servers that existed in the window, as spans
-# ``(server_id, status, s, e)`` in epoch ms, clipped to [since, until). For each server
-# the last row before the window is taken too (it says what the server was at ``since``).
+# ``(server_id, status, s, e, open)`` in epoch ms, clipped to [since, until). For each
+# server the last row before the window is taken too (it says what the server was at
+# ``since``). ``open``: the server's last span, the one that runs on to ``until``.
 _SPANS = f"""
 WITH rel AS (
     SELECT id FROM servers
@@ -113,7 +119,8 @@ rows AS (
 spans AS (
     SELECT server_id, status,
            MAX({_ms_sql("at")}, :since_ms) AS s,
-           MIN(COALESCE({_ms_sql("LEAD(at) OVER w")}, :until_ms), :until_ms) AS e
+           MIN(COALESCE({_ms_sql("LEAD(at) OVER w")}, :until_ms), :until_ms) AS e,
+           LEAD(at) OVER w IS NULL AS open
     FROM rows
     WINDOW w AS (PARTITION BY server_id ORDER BY at, id)
 )
@@ -129,15 +136,45 @@ WHERE sp.e > sp.s GROUP BY sp.server_id
 """
 
 # The dashboard's money: Vast servers only, summed per price pair (exact: ms are integers).
+# ``*_open``: how many of those spans are still open at ``until``; each of them adds one
+# millisecond per millisecond to every figure until the next change (a zero-length open
+# span too: it is the one that grows).
 _SPEND = _SPANS + """
 SELECT sv.price_per_hour AS price, sv.disk_cost_per_hour AS disk,
        SUM(CASE WHEN sp.status = 'running' THEN sp.e - sp.s ELSE 0 END) AS running_ms,
        SUM(CASE WHEN sp.status NOT IN ('running', 'destroyed') THEN sp.e - sp.s ELSE 0 END) AS other_ms,
        SUM(CASE WHEN sp.status = 'running' THEN MAX(0, sp.e - MAX(sp.s, :split_ms)) ELSE 0 END) AS running_tail,
        SUM(CASE WHEN sp.status NOT IN ('running', 'destroyed') THEN MAX(0, sp.e - MAX(sp.s, :split_ms)) ELSE 0 END)
-           AS other_tail
+           AS other_tail,
+       SUM(sp.open AND sp.status = 'running') AS running_open,
+       SUM(sp.open AND sp.status NOT IN ('running', 'destroyed')) AS other_open
 FROM spans sp JOIN servers sv ON sv.id = sp.server_id
-WHERE sp.e > sp.s GROUP BY 1, 2
+WHERE sp.e > sp.s OR sp.open GROUP BY 1, 2
+"""
+
+# When the status history or a server could next change the spend without a write: the
+# first history row or server creation at or after ``until`` (ISO text; NULL: none).
+_HORIZON = """
+SELECT min(x) FROM (SELECT min(at) AS x FROM server_status_history WHERE at >= :until
+                    UNION ALL SELECT min(created_at) FROM servers WHERE created_at >= :until)
+"""
+
+# Grows with every change to servers and their status history that the dashboard reads
+# (migration 008's triggers): a ServerSnapshot is current while it stays the same.
+_SERVERS_CHANGED = "SELECT n FROM change_counters WHERE name = 'servers'"
+
+# The rest of the dashboard, in one statement: the counter and the index counts (the
+# finished ones on ``generations(status, completed_at)``; /metrics reads only the queue).
+_QUEUE = f"""
+SELECT ({_SERVERS_CHANGED}) AS servers_changed,
+       (SELECT count(*) FROM generations WHERE status = 'queued') AS queued,
+       (SELECT count(*) FROM generations WHERE status = 'processing') AS processing
+"""
+_DASHBOARD = _QUEUE.rstrip() + """,
+       (SELECT count(*) FROM generations WHERE status = 'completed' AND completed_at >= :day AND completed_at < :end)
+           AS completed_today,
+       (SELECT count(*) FROM generations WHERE status = 'failed' AND completed_at >= :hour AND completed_at < :end)
+           AS failed_last_hour
 """
 
 _SPAN_ROWS = _SPANS + """
@@ -275,6 +312,38 @@ class SpendNow:
         return self.month + self.burn * hours_left
 
 
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """What the dashboard reads from the servers and their status history, taken at
+    ``at_ms`` while the ``servers`` change counter read ``counter``. Until that counter
+    moves, the spend at a later ``now`` is exact arithmetic on it: within the same UTC
+    day (so the same month), and before ``horizon`` (a history row or a server dated
+    later than ``at_ms``, which the window would then take in), only the open spans
+    grow, each by ``now - at_ms``."""
+
+    counter: int
+    at_ms: int
+    horizon: str | None
+    month: Decimal  # $·ms/h spent this month up to at_ms
+    today: Decimal  # $·ms/h spent today up to at_ms
+    rate: Decimal  # $·ms/h added per ms by the open spans
+    burn: Decimal
+    running_burn: dict[int, Decimal]
+    counts: ServerCounts
+
+    def current(self, counter: int, now_ms: int) -> bool:
+        return (counter == self.counter and self.at_ms <= now_ms and day_start(now_ms) == day_start(self.at_ms)
+                and (self.horizon is None or iso_ms(now_ms) <= self.horizon))
+
+    def spend(self, now_ms: int) -> SpendNow:
+        with localcontext() as ctx:
+            ctx.prec = EXACT_DIGITS
+            grown = self.rate * (now_ms - self.at_ms)
+            today, month = self.today + grown, self.month + grown
+        return SpendNow(now_ms=now_ms, today=today / MS_PER_HOUR, month=month / MS_PER_HOUR, burn=self.burn,
+                        running_burn=dict(self.running_burn))
+
+
 @dataclass
 class GaugeValues:
     """What /metrics computes at scrape time."""
@@ -320,6 +389,8 @@ class AnalyticsService:
         self._credit_at: float | None = None  # monotonic time of the last attempt
         self._credit_ok = False
         self._credit_task: asyncio.Task | None = None
+        self._snapshot: ServerSnapshot | None = None
+        self._snapshot_lock = asyncio.Lock()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -352,17 +423,40 @@ class AnalyticsService:
         return await self.heavy.fetchall(_SPAN_ROWS.format(server_filter=server_filter), params)
 
     async def spend_now(self) -> SpendNow:
-        """Today and this month in one pass over the status history, and the burn rate."""
+        """Today and this month (in one pass over the status history) and the burn rate."""
         now = self.now_ms()
+        snap = await self._servers(await self.db.scalar(_SERVERS_CHANGED), now)
+        return snap.spend(now)
+
+    async def _servers(self, counter: int | None, now: int) -> ServerSnapshot:
+        """The snapshot of the servers for ``now``: the kept one while it is current,
+        else a new one (one at a time; ``counter`` was read before it, so a change that
+        lands meanwhile only makes the next read take another)."""
+        if counter is None:  # no counter row: nothing can be kept
+            return await self._read_servers(-1, now)
+        snap = self._snapshot
+        if snap is not None and snap.current(counter, now):
+            return snap
+        async with self._snapshot_lock:
+            snap = self._snapshot
+            if snap is None or not snap.current(counter, now):
+                snap = self._snapshot = await self._read_servers(counter, now)
+            return snap
+
+    async def _read_servers(self, counter: int, now: int) -> ServerSnapshot:
         since = month_start(now)
         params = {"since": iso_ms(since), "until": iso_ms(now), "since_ms": since, "until_ms": now,
                   "split_ms": day_start(now)}
-        month = today = Decimal(0)  # $·ms/h, divided once at the end
-        for price, disk, running, other, running_tail, other_tail in await self.db.fetchall(
-                _SPEND.format(server_filter="AND kind = 'vast'"), params):
-            p, d = _dec(price), _dec(disk)
-            month += p * running + d * other
-            today += p * running_tail + d * other_tail
+        month = today = rate = Decimal(0)  # $·ms/h, divided once at the end
+        with localcontext() as ctx:
+            ctx.prec = EXACT_DIGITS
+            for price, disk, running, other, running_tail, other_tail, running_open, other_open in (
+                    await self.db.fetchall(_SPEND.format(server_filter="AND kind = 'vast'"), params)):
+                p, d = _dec(price), _dec(disk)
+                month += p * running + d * other
+                today += p * running_tail + d * other_tail
+                rate += p * running_open + d * other_open
+        horizon = await self.db.scalar(_HORIZON, {"until": params["until"]})
         burn = Decimal(0)
         saving: dict[int, Decimal] = {}
         for server_id, status, price, disk in await self.db.fetchall(
@@ -373,8 +467,8 @@ class AnalyticsService:
                 saving[server_id] = _dec(price) - _dec(disk)
             else:
                 burn += _dec(disk)
-        return SpendNow(now_ms=now, today=today / MS_PER_HOUR, month=month / MS_PER_HOUR, burn=burn,
-                        running_burn=saving)
+        return ServerSnapshot(counter=counter, at_ms=now, horizon=horizon, month=month, today=today, rate=rate,
+                              burn=burn, running_burn=saving, counts=await self._server_counts())
 
     # -- GET /api/server-analytics ---------------------------------------------------
     def _window(self, q: AnalyticsQuery) -> tuple[int, int, Bucket]:
@@ -530,7 +624,13 @@ class AnalyticsService:
         ]
 
     # -- GET /api/stats --------------------------------------------------------------
+    # The servers' part is kept (ServerSnapshot) until a server or its history changes;
+    # the generation counts are read each time, with the change counter, in one statement.
     async def server_counts(self) -> ServerCounts:
+        snap = await self._servers(await self.db.scalar(_SERVERS_CHANGED), self.now_ms())
+        return snap.counts.model_copy(deep=True)
+
+    async def _server_counts(self) -> ServerCounts:
         by_status = dict.fromkeys(LIVE_STATUSES, 0)
         by_setup = {s.value: 0 for s in SetupStatus}
         ready = 0
@@ -552,21 +652,27 @@ class AnalyticsService:
             depth[r["status"]] = r["n"]
         return depth
 
+    async def _dashboard(self, now: int, finished: bool = True) -> tuple[ServerSnapshot, Any]:
+        if finished:
+            row = await self.db.fetchone(_DASHBOARD, {"day": iso_ms(day_start(now)), "hour": iso_ms(now - HOUR_MS),
+                                                      "end": iso_ms(now + 1)})
+        else:
+            row = await self.db.fetchone(_QUEUE)
+        assert row is not None
+        return await self._servers(row["servers_changed"], now), row
+
     async def stats(self) -> DashboardStats:
-        spend = await self.spend_now()
-        now = spend.now_ms
-        counts = await self.server_counts()
-        depth = await self.queue_depth()
-        finished = "SELECT count(*) FROM generations WHERE status = ? AND completed_at >= ? AND completed_at < ?"
-        completed_today = await self.db.scalar(finished, ("completed", iso_ms(day_start(now)), iso_ms(now + 1)))
-        failed_hour = await self.db.scalar(finished, ("failed", iso_ms(now - HOUR_MS), iso_ms(now + 1)))
+        now = self.now_ms()
+        snap, row = await self._dashboard(now)
+        spend = snap.spend(now)
         credit = await self.vast_credit()
         costs = self.settings.costs
         return DashboardStats(
             as_of=from_ms(now),
-            servers=counts,
-            generations=GenerationCounts(queued=depth["queued"], processing=depth["processing"],
-                                         completed_today=completed_today or 0, failed_last_hour=failed_hour or 0),
+            servers=snap.counts.model_copy(deep=True),
+            generations=GenerationCounts(queued=row["queued"], processing=row["processing"],
+                                         completed_today=row["completed_today"],
+                                         failed_last_hour=row["failed_last_hour"]),
             spend=SpendFigures(
                 today=money(spend.today), this_month=money(spend.month), burn_rate=money(spend.burn),
                 projected_month=money(spend.projected_month),
@@ -577,11 +683,12 @@ class AnalyticsService:
         )
 
     async def gauges(self) -> GaugeValues:
-        counts = await self.server_counts()
-        depth = await self.queue_depth()
-        spend = await self.spend_now()
-        return GaugeValues(counts.by_status, counts.by_setup_status, counts.ready, depth["queued"],
-                           depth["processing"], spend.burn, spend.today, spend.month, self.cached_credit())
+        now = self.now_ms()
+        snap, row = await self._dashboard(now, finished=False)
+        spend = snap.spend(now)
+        counts = snap.counts
+        return GaugeValues(dict(counts.by_status), dict(counts.by_setup_status), counts.ready, row["queued"],
+                           row["processing"], spend.burn, spend.today, spend.month, self.cached_credit())
 
     # -- Vast credit -------------------------------------------------------------------
     def cached_credit(self) -> Decimal | None:

@@ -3,9 +3,11 @@
 Every state change after the insert is conditional on the row still being active
 (``queued``/``processing``): whoever reaches a final state first wins, and a late
 writer (a cancel racing a completion, a server failing while images download) is a
-no-op. Pages are read through the ``(server_id, id DESC)`` and
-``(server_id, status, id DESC)`` indexes: the inner query walks the index only, so a
-page costs the same at a million rows.
+no-op. Pages are read through the ``(server_id, id DESC)``, ``(server_id, status, id
+DESC)`` and ``(status, id)`` indexes: the inner query walks the index only. A deep page
+(``offset`` ≥ ``DEEP_OFFSET``) first finds the block of 4096 ids it starts in from the
+trigger-kept ``generation_blocks`` counts (migration 008), so it walks at most a block's
+worth of index entries however deep it is, instead of the whole offset.
 """
 
 from __future__ import annotations
@@ -32,6 +34,48 @@ def page_sql(*, server_id: bool, status: bool, before_id: bool) -> str:
     terms = [t for t, on in (("server_id = ?", server_id), ("status = ?", status), ("id < ?", before_id)) if on]
     return _PAGE.format(where="WHERE " + " AND ".join(terms) if terms else "")
 
+
+BLOCK_BITS = 12  # generation_blocks count ids in blocks of 4096 (migration 008)
+DEEP_OFFSET = 4 << BLOCK_BITS  # from this offset on (16384), a page starts from the block counts
+
+# A deep page, one statement (one snapshot): ``b`` is the matching generations per
+# block of ids (below ``:before_id``'s block, plus that block's part below it,
+# counted on the index); ``s`` is the newest-first block where the page starts and how
+# many matching rows the newer blocks hold; the page is then the ordinary one, from the
+# top of that block with the rest of the offset. An offset past the end finds no block:
+# ``id < NULL`` is never true, so the page is empty.
+_DEEP_PAGE = """
+WITH b(block, n) AS ({blocks}),
+c AS (SELECT block, n, sum(n) OVER (ORDER BY block DESC) AS upto FROM b),
+s AS (SELECT block, upto - n AS skipped FROM c WHERE upto > :offset ORDER BY block DESC LIMIT 1)
+SELECT * FROM generations WHERE id IN (
+    SELECT id FROM generations WHERE {where}id < {top}
+    ORDER BY id DESC LIMIT :limit OFFSET coalesce((SELECT :offset - skipped FROM s), 0))
+ORDER BY id DESC"""
+
+
+def deep_page_sql(*, server_id: bool, status: bool, before_id: bool) -> str:
+    """The SQL of a deep page, with named parameters ``:server_id``, ``:status``,
+    ``:before_id``, ``:limit`` and ``:offset`` (those switched on): the same rows as
+    ``page_sql``, whatever the offset."""
+    match = [t for t, on in (("server_id = :server_id", server_id), ("status = :status", status)) if on]
+    table = "generation_blocks" if server_id else "generation_blocks_all"
+    counted = [*match, *([f"block < :before_id >> {BLOCK_BITS}"] if before_id else [])]
+    blocks = f"SELECT block, sum(n) FROM {table} {_where(counted)} GROUP BY block"
+    if before_id:  # the part of before_id's own block below it, counted on the index
+        low = f"id >= (:before_id >> {BLOCK_BITS}) << {BLOCK_BITS}"
+        blocks += (f" UNION ALL SELECT :before_id >> {BLOCK_BITS}, count(*) FROM generations "
+                   f"{_where([*match, low, 'id < :before_id'])}")
+    # One upper bound on id (two would leave the planner seeking on either of them).
+    top = f"(SELECT (block + 1) << {BLOCK_BITS} FROM s)"
+    if before_id:
+        top = f"min(:before_id, {top})"
+    return _DEEP_PAGE.format(blocks=blocks, where="".join(f"{t} AND " for t in match), top=top)
+
+
+def _where(terms: list[str]) -> str:
+    return "WHERE " + " AND ".join(terms) if terms else ""
+
 _INSERT_SQL = (f"INSERT INTO generations ({', '.join(INSERT_COLUMNS)}) "
                f"VALUES ({', '.join(':' + k for k in INSERT_COLUMNS)})")
 
@@ -54,9 +98,12 @@ async def get(db: Database, generation_id: int):
 
 async def page(db: Database, *, server_id: int | None, status: str | None, limit: int, offset: int,
                before_id: int | None = None):
-    sql = page_sql(server_id=server_id is not None, status=status is not None, before_id=before_id is not None)
+    on = {"server_id": server_id is not None, "status": status is not None, "before_id": before_id is not None}
+    if offset >= DEEP_OFFSET:
+        named = {"server_id": server_id, "status": status, "before_id": before_id, "limit": limit, "offset": offset}
+        return await db.fetchall(deep_page_sql(**on), {k: v for k, v in named.items() if v is not None})
     params = [p for p in (server_id, status, before_id) if p is not None]
-    return await db.fetchall(sql, (*params, limit, offset))
+    return await db.fetchall(page_sql(**on), (*params, limit, offset))
 
 async def active(db: Database, server_id: int | None = None):
     if server_id is None:

@@ -4,7 +4,9 @@
     .venv/bin/python tests/bench/bench_analytics.py [--generations N] [--servers N] [--keep DIR]
 
 Not a test: it prints figures. The database is built once with plain sqlite3 (fast
-bulk inserts) after the daemon's own migrations created the schema.
+bulk inserts) after the daemon's own migrations created the schema. ``--keep DIR`` seeds
+a pristine database once into ``DIR`` and gives each run a fresh copy of it (shared with
+``bench_paging.py``/``bench_rss.py --keep DIR`` at the same size).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -118,35 +121,48 @@ async def measure(api, path: str, runs: int, **params) -> list[float]:
 def report(name: str, times: list[float]) -> None:
     times = sorted(times)
     p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
+    p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
     print(f"{name:<58} n={len(times):<3} p50={statistics.median(times):8.1f} ms  p95={p95:8.1f} ms  "
-          f"max={times[-1]:8.1f} ms", flush=True)
+          f"p99={p99:8.1f} ms  max={times[-1]:8.1f} ms", flush=True)
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--servers", type=int, default=1000)
     ap.add_argument("--generations", type=int, default=1_000_000)
-    ap.add_argument("--keep", type=Path, default=None, help="reuse/keep the state dir (seeded once)")
+    ap.add_argument("--keep", type=Path, default=None, help="seed once into DIR and run on a fresh copy of it")
+    ap.add_argument("--stats-runs", type=int, default=50, help="requests of GET /api/stats")
     args = ap.parse_args()
-    tmp = None
-    if args.keep is None:
-        tmp = tempfile.TemporaryDirectory(prefix="socialsync-bench-")
-        state = Path(tmp.name) / "state"
-    else:
-        state = args.keep
+    tmp = tempfile.TemporaryDirectory(prefix="socialsync-bench-")
+    state = Path(tmp.name) / "state"
     db_path = state / "socialsync.db"
-    if not db_path.exists():
-        state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True)
+    if args.keep is None:
         t0 = time.perf_counter()
         await create_schema(db_path)
         seed(db_path, args.servers, args.generations)
         print(f"seed took {time.perf_counter() - t0:.1f} s", flush=True)
+    else:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        pristine = args.keep / f"seed-{args.servers}s-{args.generations}g.db"
+        if not pristine.exists():
+            t0 = time.perf_counter()
+            partial = pristine.with_suffix(".partial")
+            for leftover in args.keep.glob(partial.name + "*"):
+                leftover.unlink()
+            await create_schema(partial)
+            seed(partial, args.servers, args.generations)
+            with sqlite3.connect(partial) as con:  # fold the WAL in: one file to copy
+                con.execute("PRAGMA journal_mode=DELETE")
+            partial.rename(pristine)
+            print(f"seed took {time.perf_counter() - t0:.1f} s", flush=True)
+        shutil.copyfile(pristine, db_path)
     try:
         async with running_daemon(state) as d, d.session() as api:
             now = datetime.now(UTC)
             await asyncio.sleep(3)  # let the start-up work (reconciling generations) settle
             await measure(api, "/api/stats", 5)  # warm the page cache
-            report("GET /api/stats", await measure(api, "/api/stats", 50))
+            report("GET /api/stats", await measure(api, "/api/stats", args.stats_runs))
             report("GET /metrics", await measure(api, "/metrics", 20))
             report("GET /api/server-analytics (last 24 h, hourly)",
                    await measure(api, "/api/server-analytics", 10, since=iso(now - timedelta(hours=24))))
@@ -162,8 +178,7 @@ async def main() -> None:
             report("GET /api/stats during 30-day analytics", await measure(api, "/api/stats", 30))
             await busy
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

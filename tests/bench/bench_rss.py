@@ -1,6 +1,6 @@
 """Resident memory of a real ``socialsyncd`` process on a large database.
 
-    .venv/bin/python tests/bench/bench_rss.py [--servers 1000] [--generations 200000] [--table]
+    .venv/bin/python tests/bench/bench_rss.py [--servers 1000] [--generations 200000] [--keep DIR] [--table]
 
 The daemon's migrations create the schema, then ``--servers`` servers and
 ``--generations`` generations are inserted with plain sqlite3 (``bench_analytics.seed``).
@@ -9,7 +9,8 @@ exercised a little: the server list, ``/api/stats``, ``/api/server-analytics``, 
 generations (global and per server), ``/metrics``. Its ``VmRSS`` (now) and ``VmHWM``
 (peak) from ``/proc/<pid>/status`` are printed next to a bare
 ``python -c "import aiohttp, aiosqlite, pydantic, zmq"`` process. Target: ≤ 150 MB.
-``--generations 1000000`` is the full size.
+``--generations 1000000`` is the full size; ``--keep DIR`` seeds once into ``DIR`` and
+runs on a fresh copy (``bench_paging.seeded``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchlib import seeded_daemon  # noqa: E402
+from bench_paging import seeded  # noqa: E402
 
 TARGET_MB = 150.0
 BARE = ("import aiohttp, aiosqlite, pydantic, zmq, sys, time; "
@@ -73,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--servers", type=int, default=1000)
     ap.add_argument("--generations", type=int, default=200_000, help="1000000 = the full size")
     ap.add_argument("--rounds", type=int, default=20, help="rounds of the API calls")
+    ap.add_argument("--keep", type=Path, default=None, help="seed once into DIR and run on a fresh copy of it")
     ap.add_argument("--table", action="store_true", help="also print ROW| lines for run_all.py")
     args = ap.parse_args(argv)
     bare = bare_baseline()
-    with seeded_daemon("socialsync-bench-rss-", args.servers, args.generations) as (d, _db_path):
+    with seeded("socialsync-bench-rss-", args.servers, args.generations, args.keep) as (d, _db_path):
         time.sleep(2.0)  # start-up reconciliation
         idle = vm(d.pid)
         calls = asyncio.run(exercise(d.base_url, d.admin_key, args.rounds))
