@@ -1,6 +1,9 @@
-"""The ``/ws`` hub, after Home Assistant's ``websocket_api``: per client one bounded bus
-subscription and one writer task. A client that falls behind is disconnected with a
-reason; it never grows memory and never stalls the others.
+"""The ``/ws`` hub, after Home Assistant's ``websocket_api``: per client one bounded queue
+and one writer task. A client that falls behind is disconnected with a reason; it never
+grows memory and never stalls the others. The hub is one bus listener: each event is
+encoded once (the bus's JSON, one websocket frame around it) and a client that is
+keeping up gets it written straight to its transport, so the cost per client per event
+is a list append and, once per loop iteration, one ``transport.write``.
 
 Protocol (every message is the envelope ``{"type", "data", "seq", "ts"}`` as text):
 
@@ -21,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import struct
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import orjson
@@ -30,7 +35,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from socialsync.common.events import AUDIT, ERROR, HELLO, PONG, RESNAPSHOT, SUBSCRIBED, EventFilter
 from socialsync.common.wire import now_iso
-from socialsync.daemon.events.bus import Event, EventBus, Subscription
+from socialsync.daemon.events.bus import Event, EventBus
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,32 @@ CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION  # 1008: the credentials are gone
 CLOSE_SHUTDOWN = WSCloseCode.GOING_AWAY  # 1001
 RESUME = "resume"
 MAX_REASON = 123  # bytes a close frame can carry
+# Events go straight to a client's transport while it buffers less than this (asyncio's
+# default high-water mark, where it would pause writing); past it they wait in the
+# client's queue, which is what the slow-client policy bounds.
+WRITE_HIGH_WATER = 64 * 1024
+BATCH_BYTES = 256 * 1024  # the most one write of queued events carries
+_PACK_LEN2 = struct.Struct("!BBH").pack
+_PACK_LEN3 = struct.Struct("!BBQ").pack
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked, uncompressed websocket text frame (RFC 6455 §5.2). A
+    server's frame carries no per-connection state, so one event's frame is built
+    once and written as is to every client that did not negotiate compression."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return _PACK_LEN2(0x81, 126, n) + payload
+    return _PACK_LEN3(0x81, 127, n) + payload
+
+
+def frame_of(event: Event) -> bytes:
+    frame = event.frame
+    if frame is None:
+        frame = event.frame = text_frame(event.json)
+    return frame
 
 
 class _Command:
@@ -55,35 +86,44 @@ class _Command:
 
 
 class _Client:
+    """One connection. Its queue (``pending``: events and the reader's commands, in
+    order) is bounded by the hub's ``queue_size``. While the writer task is parked on an
+    empty queue (``idle``) and the transport has room, the hub sends events itself: the
+    first event of a loop iteration is written at once, the rest go to ``out`` and one
+    callback at the end of the iteration writes every client's ``out`` with one
+    ``transport.write`` (no queue hop, no task wake per client per event; a burst
+    becomes one write per client per iteration)."""
+
     __slots__ = (
-        "closing", "filter", "hub", "key_id", "last_seq", "peer", "shut", "sub", "transport", "writer", "ws",
+        "closing", "drain", "everything", "filter", "idle", "key_id", "last_seq", "out", "out_size", "peer",
+        "pending", "raw", "shut", "transport", "waiter", "writer", "ws",
     )
 
-    def __init__(self, hub: WebSocketHub, ws: web.WebSocketResponse, transport: Any, flt: EventFilter,
-                 key_id: int | None, peer: str | None):
-        self.hub = hub
+    def __init__(self, ws: web.WebSocketResponse, transport: Any, drain: Callable[[], Awaitable[None]],
+                 flt: EventFilter, key_id: int | None, peer: str | None):
         self.ws = ws
         self.transport = transport
+        self.drain = drain  # waits while the transport is above its high-water mark
+        # Frames can be shared and written directly unless the client negotiated
+        # compression (a per-connection deflate context).
+        self.raw = transport is not None and not ws.compress
         self.filter = flt
+        self.everything = flt.everything
         self.key_id = key_id
         self.peer = peer
-        self.sub: Subscription | None = None
+        self.pending: deque[Event | _Command] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.idle = False  # the writer is parked on an empty queue: events may be written directly
+        self.out: list[bytes] = []  # frames to write at the end of this loop iteration
+        self.out_size = 0
         self.last_seq = 0  # the stream position: nothing at or below it is sent again
         self.writer: asyncio.Task | None = None
         self.closing = False  # no more work for this client
         self.shut = False  # a close has been started by the hub
 
-    def accepts(self, event: Event) -> bool:
-        """The subscription's filter, and the overflow alarm: when the queue is already
-        full this event cannot be kept, so the client is dropped now (the writer may be
-        stuck on a client that stopped reading)."""
-        flt = self.filter
-        if not flt.everything and not flt.matches(event.type, event.data):
-            return False
-        sub = self.sub
-        if sub is not None and sub.queue.full():
-            self.hub._too_slow(self)
-        return True
+    def set_filter(self, flt: EventFilter) -> None:
+        self.filter = flt
+        self.everything = flt.everything
 
 
 class _Snap:
@@ -131,11 +171,15 @@ class WebSocketHub:
         self.epoch = epoch or secrets.token_hex(6)
         self.stats = {"connections": 0, "too_slow": 0, "revoked": 0, "snapshots": 0}
         self._clients: set[_Client] = set()
+        self._targets: tuple[_Client, ...] = ()  # the clients, as the fan-out iterates them
+        self._dirty: list[_Client] = []  # clients with frames in ``out``
+        self._in_iteration = False  # an event was fanned out in this loop iteration
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
         self._snap: _Snap | None = None
         self._inflight: dict[int, asyncio.Future[_Snap]] = {}
         self._closing = False
-        bus.add_listener(self._on_event)
+        bus.add_listener(self._on_event, first=True)
 
     @property
     def clients(self) -> int:
@@ -200,14 +244,14 @@ class WebSocketHub:
             compress=self.compress,
         )
         transport = request.transport
-        await ws.prepare(request)
+        payload_writer = await ws.prepare(request)
         if self._closing:
             await ws.close(code=CLOSE_SHUTDOWN, message=b"daemon shutting down")
             return ws
-        client = _Client(self, ws, transport, filter or EventFilter(), key_id, request.remote)
-        # Subscribe before the hello's seq is read: nothing published from here on is missed.
-        client.sub = self.bus.subscribe(self.queue_size, client.accepts)
+        client = _Client(ws, transport, payload_writer.drain, filter or EventFilter(), key_id, request.remote)
+        # Join the fan-out before the hello's seq is read: nothing published from here on is missed.
         self._clients.add(client)
+        self._targets = tuple(self._clients)
         self.stats["connections"] += 1
         log.debug("ws client connected peer=%s since=%s clients=%d", client.peer, since, len(self._clients))
         client.writer = asyncio.create_task(self._write(client, since, epoch), name=f"ws-writer-{client.peer}")
@@ -225,9 +269,9 @@ class WebSocketHub:
 
     async def _finish(self, client: _Client) -> None:
         client.closing = True
-        if client.sub is not None:
-            client.sub.close()
+        client.pending.clear()
         self._clients.discard(client)
+        self._targets = tuple(self._clients)
         writer = client.writer
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
@@ -239,35 +283,32 @@ class WebSocketHub:
     # -- the writer: the only task that sends to this client ------------------------------
 
     async def _write(self, client: _Client, since: int | None, epoch: str | None) -> None:
-        ws = client.ws
-        sub = client.sub
-        assert sub is not None
+        pending = client.pending
+        loop = asyncio.get_running_loop()
         try:
             if since is None:
                 await self._send_hello(client)
             else:
                 await self._resume(client, since, epoch)
-            queue = sub.queue
             while True:
-                # The queue is shared with this hub's own commands, so read it directly.
-                if sub.overflowed:
-                    self._too_slow(client)
-                    return
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    item = await queue.get()
-                if sub.overflowed:  # the bus queued its overflow marker: stop here
-                    self._too_slow(client)
-                    return
-                if type(item) is Event:
-                    if item.seq <= client.last_seq:
-                        continue
-                    client.last_seq = item.seq
-                    flt = client.filter  # it may have changed since the event was queued
-                    if flt.everything or flt.matches(item.type, item.data):
-                        await ws.send_frame(item.json, WSMsgType.TEXT)
-                elif item.kind == RESUME:
+                if not pending:
+                    # Parked: from here the fan-out writes this client's events itself,
+                    # until it queues something (a command, or an event it cannot write).
+                    waiter = client.waiter = loop.create_future()
+                    client.idle = client.raw
+                    try:
+                        await waiter
+                    finally:
+                        client.waiter = None
+                        client.idle = False
+                    self._flush_client(client)  # what the fan-out already took comes first
+                    continue
+                if type(pending[0]) is Event:
+                    await self._send_queued(client)
+                    continue
+                item = pending.popleft()
+                assert isinstance(item, _Command)
+                if item.kind == RESUME:
                     await self._resume(client, *item.data)
                 else:
                     await self._send_control(client, item.kind, item.data)
@@ -276,6 +317,38 @@ class WebSocketHub:
         except Exception:
             log.exception("ws writer failed peer=%s", client.peer)
             await self._close(client, WSCloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _send_queued(self, client: _Client) -> None:
+        """The run of events at the head of the queue, as one write when the frames can
+        be shared. Events at or below ``last_seq`` were already sent (a hello's snapshot
+        or a replay covers them); the filter is read now, it may have changed."""
+        pending = client.pending
+        batch: list[Event] = []
+        size = 0
+        while pending and size < BATCH_BYTES and type(pending[0]) is Event:
+            event = pending.popleft()
+            assert isinstance(event, Event)
+            if event.seq <= client.last_seq:
+                continue
+            client.last_seq = event.seq
+            if client.everything or client.filter.matches(event.type, event.data):
+                batch.append(event)
+                size += len(event.json)
+        await self._send_events(client, batch)
+
+    async def _send_events(self, client: _Client, events: Iterable[Event]) -> None:
+        if not client.raw:
+            for event in events:
+                await client.ws.send_frame(event.json, WSMsgType.TEXT)
+            return
+        frames = [frame_of(event) for event in events]
+        if not frames:
+            return
+        transport = client.transport
+        if transport.is_closing() or client.ws.closed:
+            raise ConnectionResetError("the websocket is closing")
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        await client.drain()
 
     async def _send_control(self, client: _Client, type: str, data: Any) -> None:
         body = orjson.dumps({"type": type, "data": data, "seq": client.last_seq, "ts": now_iso()})
@@ -319,9 +392,9 @@ class WebSocketHub:
         client.last_seq = self.bus.seq
         await client.ws.send_frame(self._hello(since, None, resumed=True), WSMsgType.TEXT)
         flt = client.filter
-        for event in events:
-            if flt.matches(event.type, event.data):
-                await client.ws.send_frame(event.json, WSMsgType.TEXT)
+        matching = [event for event in events if flt.matches(event.type, event.data)]
+        for start in range(0, len(matching), 1000):  # bounded writes, flow control between them
+            await self._send_events(client, matching[start:start + 1000])
 
     # -- the reader: messages from the client ------------------------------------
 
@@ -340,7 +413,7 @@ class WebSocketHub:
                     isinstance(server_ids, list) and all(type(s) is int for s in server_ids)):
                 self._error(client, "Invalid subscribe", "serverIds must be a list of server ids or null")
             else:
-                client.filter = EventFilter.of(types, server_ids)
+                client.set_filter(EventFilter.of(types, server_ids))
                 self._enqueue(client, _Command(SUBSCRIBED, client.filter.as_json()))
         elif kind == RESUME:
             since, epoch = msg.get("since"), msg.get("epoch")
@@ -359,14 +432,92 @@ class WebSocketHub:
         self._enqueue(client, _Command(ERROR, {"error": error, "details": details, "code": "VALIDATION_ERROR"}))
 
     def _enqueue(self, client: _Client, command: _Command) -> None:
-        sub = client.sub
-        if sub is None or client.closing:
-            return
-        try:
-            sub.queue.put_nowait(command)  # type: ignore[arg-type]  # one queue, one order
-        except asyncio.QueueFull:
-            sub.overflowed = True
+        if not client.closing:
+            self._push(client, command)
+
+    def _push(self, client: _Client, item: Event | _Command) -> None:
+        """Queue behind what is already waiting (one queue, one order) and wake the
+        writer. A client whose queue is already full is dropped now: the writer may be
+        stuck on a client that stopped reading."""
+        pending = client.pending
+        if len(pending) >= self.queue_size:
             self._too_slow(client)
+            return
+        pending.append(item)
+        client.idle = False
+        waiter = client.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the fan-out: one call per event, for every client -------------------------
+
+    def _on_event(self, event: Event) -> None:
+        """The bus listener. An event's frame is built once. A client whose writer is
+        parked and whose transport has room gets it written now if it is the first
+        event of this loop iteration (no added latency), else appended to ``out``
+        (a burst: ``_flush`` writes it all at the end of the iteration, before the loop
+        runs anything else that was waiting). Other clients have it queued for their
+        writer."""
+        first = not self._in_iteration
+        if first and self._targets:
+            self._in_iteration = True
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._flush)
+        frame = None
+        for client in self._targets:
+            if client.closing:
+                continue
+            if not client.everything and not client.filter.matches(event.type, event.data):
+                continue
+            if client.idle and client.out_size + client.transport.get_write_buffer_size() < WRITE_HIGH_WATER:
+                if frame is None:
+                    frame = frame_of(event)
+                if not client.out:
+                    if first:
+                        self._write_now(client, frame)
+                        client.last_seq = event.seq
+                        continue
+                    self._dirty.append(client)
+                client.out.append(frame)
+                client.out_size += len(frame)
+                client.last_seq = event.seq
+                continue
+            self._push(client, event)
+        if event.type == AUDIT:
+            self._on_audit(event)
+
+    def _flush(self) -> None:
+        self._in_iteration = False
+        dirty, self._dirty = self._dirty, []
+        for client in dirty:
+            self._flush_client(client)
+
+    def _flush_client(self, client: _Client) -> None:
+        out = client.out
+        if not out:
+            return
+        client.out = []
+        client.out_size = 0
+        self._write_now(client, out[0] if len(out) == 1 else b"".join(out))
+
+    def _write_now(self, client: _Client, data: bytes) -> None:
+        transport = client.transport
+        if client.closing or client.ws.closed or transport.is_closing():
+            return  # it is being closed: nothing more goes out before the close frame
+        try:
+            transport.write(data)
+        except Exception as exc:  # a broken transport: this client only
+            log.debug("ws write failed peer=%s: %s", client.peer, exc)
+            self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        """The connection is broken: stop its writer, let its reader end the handler."""
+        client.closing = True
+        client.idle = False
+        transport = client.transport
+        if transport is not None:
+            transport.abort()
 
     # -- dropping clients ----------------------------------------------------------
 
@@ -374,16 +525,15 @@ class WebSocketHub:
         if client.closing:
             return
         client.closing = True
-        sub = client.sub
-        behind = sub.queue.qsize() if sub is not None else 0
+        behind = len(client.pending)
         reason = f"client too slow: {behind} events behind (limit {self.queue_size})"
         self.stats["too_slow"] += 1
         log.warning("ws client dropped peer=%s: %s", client.peer, reason)
         self._spawn(self._close(client, CLOSE_TOO_SLOW, reason))
 
-    def _on_event(self, event: Event) -> None:
+    def _on_audit(self, event: Event) -> None:
         """Streams opened with an API key end when the key is revoked."""
-        if event.type != AUDIT or not self._clients:
+        if not self._clients:
             return
         data = event.data
         if data.get("action") != "api_key.revoke" or data.get("outcome") != "success":

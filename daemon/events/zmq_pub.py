@@ -149,7 +149,7 @@ class ZmqPublisher:
         loop = self._loop = asyncio.get_running_loop()
         self._fd = sock.getsockopt(zmq.FD)
         loop.add_reader(self._fd, self._drain)
-        self.bus.add_listener(self.publish)
+        self.bus.add_listener(self.publish, first=True)
         self._task = asyncio.create_task(self._heartbeats(), name="zmq-heartbeat")
         log.info("publishing events endpoint=%s hwm=%d", self.endpoint, self.hwm)
 
