@@ -1,12 +1,17 @@
 """Benchmark: /api/stats, /api/server-analytics and /metrics with 1,000 servers and
 1,000,000 generations (plus their images and a status history), over real HTTP.
 
-    .venv/bin/python tests/bench/bench_analytics.py [--generations N] [--servers N] [--keep DIR]
+    .venv/bin/python tests/bench/bench_analytics.py [--generations N] [--servers N] [--keep DIR] [--table]
 
 Not a test: it prints figures. The database is built once with plain sqlite3 (fast
 bulk inserts) after the daemon's own migrations created the schema. ``--keep DIR`` seeds
 a pristine database once into ``DIR`` and gives each run a fresh copy of it (shared with
 ``bench_paging.py``/``bench_rss.py --keep DIR`` at the same size).
+
+The floor is ``GET /api/vast-servers/1`` on the same daemon (one row by primary key:
+routing, auth, JSON), as in ``bench_paging.py``; ratios are p99 / the floor's p99.
+Target: ``/api/stats`` p99 ≤ 10 ms at 1 M generations; the other endpoints are printed.
+``--table`` also prints ``ROW|`` lines for ``run_all.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib import table_row
 from harness import running_daemon
 
 from socialsync.daemon.store.db import Database
@@ -118,12 +125,32 @@ async def measure(api, path: str, runs: int, **params) -> list[float]:
     return times
 
 
-def report(name: str, times: list[float]) -> None:
+TARGET_STATS_P99_MS = 10.0
+
+
+def report(name: str, times: list[float]) -> dict:
     times = sorted(times)
     p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
     p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
-    print(f"{name:<58} n={len(times):<3} p50={statistics.median(times):8.1f} ms  p95={p95:8.1f} ms  "
+    p50 = statistics.median(times)
+    print(f"{name:<58} n={len(times):<3} p50={p50:8.1f} ms  p95={p95:8.1f} ms  "
           f"p99={p99:8.1f} ms  max={times[-1]:8.1f} ms", flush=True)
+    return {"name": name, "n": len(times), "p50": p50, "p99": p99}
+
+
+def table(results: list[dict], floor: dict, servers: int, generations: int) -> list[str]:
+    """ROW| lines: /api/stats against its target, the others printed, each next to the floor."""
+    lines = []
+    base = f"floor GET /api/vast-servers/1: p50 {floor['p50']:.2f} ms, p99 {floor['p99']:.2f} ms"
+    for r in results:
+        target, ok = "printed", None
+        if r["name"] == "GET /api/stats":
+            target, ok = f"p99 ≤ {TARGET_STATS_P99_MS:.0f} ms (at 1 M generations)", r["p99"] <= TARGET_STATS_P99_MS
+        lines.append(table_row(
+            f"{r['name']}, {servers} servers, {generations:,} generations (n={r['n']})",
+            f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms", base,
+            f"{r['p99'] / floor['p99']:.1f}x p99" if floor["p99"] else "n/a", target, ok))
+    return lines
 
 
 async def main() -> None:
@@ -132,6 +159,7 @@ async def main() -> None:
     ap.add_argument("--generations", type=int, default=1_000_000)
     ap.add_argument("--keep", type=Path, default=None, help="seed once into DIR and run on a fresh copy of it")
     ap.add_argument("--stats-runs", type=int, default=50, help="requests of GET /api/stats")
+    ap.add_argument("--table", action="store_true", help="also print ROW| lines for run_all.py")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="socialsync-bench-")
     state = Path(tmp.name) / "state"
@@ -162,21 +190,29 @@ async def main() -> None:
             now = datetime.now(UTC)
             await asyncio.sleep(3)  # let the start-up work (reconciling generations) settle
             await measure(api, "/api/stats", 5)  # warm the page cache
-            report("GET /api/stats", await measure(api, "/api/stats", args.stats_runs))
-            report("GET /metrics", await measure(api, "/metrics", 20))
-            report("GET /api/server-analytics (last 24 h, hourly)",
-                   await measure(api, "/api/server-analytics", 10, since=iso(now - timedelta(hours=24))))
-            report("GET /api/server-analytics (default: 7 days, daily)",
-                   await measure(api, "/api/server-analytics", 10))
-            report("GET /api/server-analytics (30 days, daily)",
-                   await measure(api, "/api/server-analytics", 5, since=iso(now - timedelta(days=30))))
-            report("GET /api/server-analytics?serverId=N (30 days)",
-                   await measure(api, "/api/server-analytics", 20, since=iso(now - timedelta(days=30)),
-                                 serverId="500"))
+            results = [report("GET /api/stats", await measure(api, "/api/stats", args.stats_runs))]
+            await measure(api, "/api/vast-servers/1", 5)
+            floor = report("floor: GET /api/vast-servers/1", await measure(api, "/api/vast-servers/1",
+                                                                           args.stats_runs))
+            results.append(report("GET /metrics", await measure(api, "/metrics", 20)))
+            results.append(report("GET /api/server-analytics (last 24 h, hourly)",
+                                  await measure(api, "/api/server-analytics", 10,
+                                                since=iso(now - timedelta(hours=24)))))
+            results.append(report("GET /api/server-analytics (default: 7 days, daily)",
+                                  await measure(api, "/api/server-analytics", 10)))
+            results.append(report("GET /api/server-analytics (30 days, daily)",
+                                  await measure(api, "/api/server-analytics", 5,
+                                                since=iso(now - timedelta(days=30)))))
+            results.append(report("GET /api/server-analytics?serverId=N (30 days)",
+                                  await measure(api, "/api/server-analytics", 20,
+                                                since=iso(now - timedelta(days=30)), serverId="500")))
             # The dashboard while 30-day analytics run back to back on their own connection.
             busy = asyncio.create_task(measure(api, "/api/server-analytics", 4, since=iso(now - timedelta(days=30))))
-            report("GET /api/stats during 30-day analytics", await measure(api, "/api/stats", 30))
+            results.append(report("GET /api/stats during 30-day analytics", await measure(api, "/api/stats", 30)))
             await busy
+        if args.table:
+            for line in table(results, floor, args.servers, args.generations):
+                print(line)
     finally:
         tmp.cleanup()
 

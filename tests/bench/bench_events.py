@@ -1,6 +1,6 @@
 """Benchmark of the live event transports, next to bare baselines doing the same work.
 
-    .venv/bin/python tests/bench/bench_events.py [--quick]
+    .venv/bin/python tests/bench/bench_events.py [--quick] [--table]
 
 In one run, for 10, 100 and 1,000 websocket clients and 1 and 10 ZeroMQ subscribers:
 
@@ -14,6 +14,10 @@ websockets and awaits ``send_frame`` to each in turn (same orjson envelope, enco
 once), and a bare pyzmq PUB socket. The clients are the same code for both, in separate
 processes (``time.monotonic_ns`` is system-wide, so latencies span processes). The
 ratio columns are ours / bare. Not a test: run on purpose, it prints its figures.
+
+Target (per scenario): within 2× of the bare baseline delivering the same events, i.e.
+events/s ≥ 0.5× bare and paced p50/p99 ≤ 2× bare (and no event of ours lost).
+``--table`` also prints ``ROW|`` lines for ``run_all.py``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ import zmq
 from aiohttp import web
 
 TESTS = Path(__file__).resolve().parents[1]  # tests/, for the harness
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import table_row  # noqa: E402
+
 # The daemon is imported lazily (in the parent only): the spawned client processes
 # import this module and should start in a fraction of a second.
 TYPE = "generation_progress"
@@ -448,6 +455,28 @@ def fmt_row(label: str, ours: tuple[dict, dict], bare: tuple[dict, dict]) -> str
     )
 
 
+def table_line(label: str, kind: str, ours: tuple[dict, dict], bare: tuple[dict, dict]) -> str:
+    """The ROW| line of one scenario: met when events/s ≥ 0.5× bare, paced p50 and p99
+    ≤ 2× bare, and none of ours lost."""
+    (ob, op), (bb, bp) = ours, bare
+
+    def div(a: float, b: float) -> float:
+        return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+
+    r_eps, r50, r99 = div(ob["events_s"], bb["events_s"]), div(op["p50"], bp["p50"]), div(op["p99"], bp["p99"])
+    lost = ob["lost"] + op["lost"]
+    ok = r_eps >= 0.5 and r50 <= 2 and r99 <= 2 and not lost  # NaN compares False: not met
+
+    def side(b: dict, p: dict, n_lost: int) -> str:
+        return (f"{b['events_s']:.0f} events/s burst, paced p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms"
+                + (f", {n_lost} lost" if n_lost else ""))
+
+    return table_row(f"events fan-out, {label}", side(ob, op, lost),
+                     f"bare {kind}: " + side(bb, bp, bb["lost"] + bp["lost"]),
+                     f"events/s {r_eps:.2f}, p50 {r50:.2f}, p99 {r99:.2f}",
+                     "events/s ≥ 0.5× bare, paced p50/p99 ≤ 2× bare, none lost", ok)
+
+
 HEADER = (
     f"{'':<22} {'events/s (burst)':^26}  {'deliv/s':>10}  {'p50 ms (paced)':^20}  {'p99 ms (paced)':^20}  "
     f"{'burst ms':^15}\n"
@@ -456,12 +485,12 @@ HEADER = (
 )
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, table: bool = False) -> None:
     sys.path.insert(0, str(TESTS))
     from harness import running_daemon
 
     scale = 0.2 if quick else 1.0
-    rows = []
+    rows, lines = [], []
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="ssb-", dir="/tmp"))
     try:
@@ -473,12 +502,14 @@ async def main(quick: bool) -> None:
                 ours = await bench_ws_ours(d, n, burst)
                 bare = await bench_ws_bare(n, burst)
                 rows.append(fmt_row(f"ws x{n} ({burst} ev)", ours, bare))
+                lines.append(table_line(f"ws x{n} ({burst} ev burst)", "aiohttp", ours, bare))
                 print(rows[-1], flush=True)
             for n, burst in BURST_ZMQ.items():
                 burst = max(100, int(burst * scale))
                 ours = await bench_zmq_ours(d, n, burst)
                 bare = await bench_zmq_bare(f"ipc://{tmp / 'bare.sock'}", n, burst)
                 rows.append(fmt_row(f"zmq x{n} ({burst} ev)", ours, bare))
+                lines.append(table_line(f"zmq x{n} ({burst} ev burst)", "pyzmq", ours, bare))
                 print(rows[-1], flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -493,9 +524,14 @@ async def main(quick: bool) -> None:
     for row in rows:
         print(row)
     print(f"total {time.monotonic() - started:.1f} s")
+    if table:
+        for line in lines:
+            print(line)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a fifth of the events (a smoke run)")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--table", action="store_true", help="also print ROW| lines for run_all.py")
+    cli = parser.parse_args()
+    asyncio.run(main(cli.quick, cli.table))

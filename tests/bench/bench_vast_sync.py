@@ -1,12 +1,13 @@
 """Vast calls per sync, and the time one sync takes, at 10 / 100 / 1,000 servers.
 
-    .venv/bin/python tests/bench/bench_vast_sync.py [--sizes 10,100,1000] [--repeat 5]
+    .venv/bin/python tests/bench/bench_vast_sync.py [--sizes 10,100,1000] [--repeat 5] [--table]
 
 A real daemon (in-process, on loopback) syncs against the Vast simulator holding N
 instances that carry our label. The first sync adopts them all; the steady-state syncs
 after it must each be exactly ceil(N/25) list calls and nothing else. The baseline is
 the bare client paging through the same list (no daemon work), so the ratio is what the
-daemon adds to a sync: mapping, diffing and writing only what changed.
+daemon adds to a sync: mapping, diffing and writing only what changed. ``--table``
+also prints ``ROW|`` lines for ``run_all.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import ratio, table_row
 from fleet_helpers import fleet
 
 from socialsync.daemon import keys
@@ -70,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--table", action="store_true", help="also print ROW| lines for run_all.py")
     args = parser.parse_args()
     rows = [asyncio.run(measure(int(n), args.repeat)) for n in args.sizes.split(",")]
     print("| servers | list calls per sync | expected ⌈N/25⌉ | other Vast calls | first sync (adopts) | "
@@ -83,6 +87,16 @@ def main() -> None:
               f"{r['adopt_ms']:.0f} ms ({r['adopted']} adopted) | {r['sync_ms']:.1f} ms | {r['bare_ms']:.1f} ms | "
               f"{r['sync_ms'] / r['bare_ms']:.2f}× |")
     print("calls per sync:", "exactly ⌈N/25⌉ list calls, nothing else" if ok else "NOT as expected")
+    if args.table:
+        for r in rows:
+            calls = ",".join(map(str, r["calls"]))
+            print(table_row(
+                f"Vast sync, {r['n']} servers (steady, median of {args.repeat})",
+                f"{calls} list calls + {r['other_calls']} other per sync; sync {r['sync_ms']:.1f} ms",
+                f"bare client paging the list: {r['bare_ms']:.1f} ms",
+                f"{ratio(r['sync_ms'], r['bare_ms'])}x sync time",
+                f"exactly ⌈N/25⌉ = {r['expected']} list calls, no other call",
+                r["calls"] == [r["expected"]] and r["other_calls"] == 0))
     sys.exit(0 if ok else 1)
 
 

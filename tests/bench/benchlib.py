@@ -180,3 +180,9 @@ def seeded_daemon(prefix: str, servers: int, generations: int) -> Iterator[tuple
         with DaemonProcess(tmp_path, env={**NO_LIMITS, "SOCIALSYNC_LOG_LEVEL": "WARNING"}) as d:
             d.wait_listening(60)
             yield d, db_path
+
+
+def table_row(benchmark: str, figure: str, baseline: str, ratio_: str, target: str, ok: bool | None) -> str:
+    """One ``ROW|`` line for ``run_all.py``'s table; ``ok`` None: no target to meet ("—")."""
+    met = "—" if ok is None else "yes" if ok else "no"
+    return "ROW|" + "|".join(c.replace("|", "/") for c in (benchmark, figure, baseline, ratio_, target, met))

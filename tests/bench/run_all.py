@@ -5,7 +5,9 @@
 Each benchmark runs in its own process (``--quick`` unless ``--full``); the table goes
 to stdout and to ``tests/bench/RESULTS.md`` with each script's own printed figures
 below it. Benchmarks that print ``ROW|benchmark|figure|baseline|ratio|target|ok`` lines
-fill the table; the others are quoted as they printed.
+fill the table; the others are quoted as they printed. With ``--full``, bench_analytics,
+bench_paging and bench_rss share one ``--keep DIR`` (under the system temp directory,
+removed at the end), so each 1 M-row database is seeded once per size.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TABLE = {"bench_server_list", "bench_paging", "bench_rss"}  # print ROW| lines with --table
+TABLE = {"bench_server_list", "bench_events", "bench_analytics", "bench_tui", "bench_paging", "bench_rss",
+         "bench_vast_sync"}  # print ROW| lines with --table
 BENCHES = ["bench_server_list", "bench_generations", "bench_events", "bench_analytics", "bench_tui", "bench_paging",
            "bench_rss", "bench_vast_sync", "bench_scheduler"]
 QUICK_ARGS = {
@@ -34,10 +39,13 @@ QUICK_ARGS = {
     "bench_scheduler": ["--count", "600"],  # 50 simulated servers
 }
 FULL_ARGS = {"bench_paging": ["--rows", "1000000"], "bench_rss": ["--generations", "1000000"]}
+KEEP = {"bench_analytics", "bench_paging", "bench_rss"}  # accept --keep DIR: seed once, run on a copy
 
 
-def run_one(name: str, full: bool, timeout: float) -> tuple[str, float, int]:
+def run_one(name: str, full: bool, timeout: float, keep: Path | None = None) -> tuple[str, float, int]:
     args = (FULL_ARGS.get(name, []) if full else QUICK_ARGS.get(name, [])) + (["--table"] if name in TABLE else [])
+    if keep is not None and name in KEEP:
+        args += ["--keep", str(keep)]
     t0 = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *args], capture_output=True,
@@ -58,15 +66,20 @@ def main() -> int:
     names = [n for n in args.only.split(",") if n] or BENCHES
     rows: list[list[str]] = []
     raw: list[str] = []
-    for name in names:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        out, took, rc = run_one(name, args.full, args.timeout)
-        got = [line.split("|")[1:] for line in out.splitlines() if line.startswith("ROW|")]
-        for cells in got:
-            rows.append([name, *cells])
-        if not got:
-            rows.append([name, "see its output below", "", "", "", "failed" if rc else "printed"])
-        raw.append(f"### {name} ({took:.0f} s, exit {rc})\n\n```\n{out.strip()[-6000:]}\n```\n")
+    keep = Path(tempfile.mkdtemp(prefix="socialsync-bench-keep-")) if args.full else None
+    try:
+        for name in names:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            out, took, rc = run_one(name, args.full, args.timeout, keep)
+            got = [line.split("|")[1:] for line in out.splitlines() if line.startswith("ROW|")]
+            for cells in got:
+                rows.append([name, *cells])
+            if not got:
+                rows.append([name, "see its output below", "", "", "", "failed" if rc else "printed"])
+            raw.append(f"### {name} ({took:.0f} s, exit {rc})\n\n```\n{out.strip()[-6000:]}\n```\n")
+    finally:
+        if keep is not None:
+            shutil.rmtree(keep, ignore_errors=True)
     command = "python tests/bench/run_all.py" + (" --full" if args.full else "") + \
               (f" --only {args.only}" if args.only else "")
     head = (f"Command: `{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
