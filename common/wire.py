@@ -38,8 +38,14 @@ def iso(dt: datetime | None) -> str | None:
     """UTC ISO-8601 with a ``Z``, milliseconds: the one time format of the API and the store."""
     if dt is None:
         return None
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    if dt.tzinfo is not UTC:
+        dt = dt.astimezone(UTC)
+    if dt.year < 1000:  # strftime writes such a year unpadded: keep its exact output
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    # ``isoformat`` (C, no format string to parse) truncates to milliseconds as ``// 1000``
+    # does: "YYYY-MM-DDTHH:MM:SS.mmm+00:00" with the offset replaced by "Z".
+    return dt.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def now_iso() -> str:
-    return iso(utcnow())  # type: ignore[return-value]
+    return datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"

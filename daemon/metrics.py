@@ -116,27 +116,55 @@ class Metrics:
         self.live = _Live()
         r.register(self.live)
         self._source: GaugeSource | None = None
+        # The labelled children, looked up once per label values (``labels()`` costs a
+        # lock and a few checks on every call; these feeds run for every call and event).
+        self._vast: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._comfy: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._events: dict[str, Any] = {}
+        self._outcomes: dict[str, Any] = {}
+        self._durations: dict[str, Any] = {}
 
     # -- feeds ----------------------------------------------------------------------
     def on_vast_call(self, endpoint: str, outcome: str, seconds: float) -> None:
-        self.vast_calls.labels(endpoint, outcome).inc()
-        self.vast_latency.labels(endpoint).observe(seconds)
+        key = (endpoint, outcome)
+        children = self._vast.get(key)
+        if children is None:
+            children = self._vast[key] = (self.vast_calls.labels(endpoint, outcome),
+                                          self.vast_latency.labels(endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def on_comfy_call(self, endpoint: str, outcome: str, seconds: float) -> None:
-        self.comfy_calls.labels(endpoint, outcome).inc()
-        self.comfy_latency.labels(endpoint).observe(seconds)
+        key = (endpoint, outcome)
+        children = self._comfy.get(key)
+        if children is None:
+            children = self._comfy[key] = (self.comfy_calls.labels(endpoint, outcome),
+                                           self.comfy_latency.labels(endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def on_event(self, event: Any) -> None:
         """The bus listener: synchronous and cheap."""
-        self.events.labels(event.type).inc()
-        data = event.data if isinstance(event.data, dict) else {}
-        if event.type in (GENERATION_COMPLETED, GENERATION_FAILED):
-            outcome = str(data.get("status") or ("completed" if event.type == GENERATION_COMPLETED else "failed"))
-            self.generations.labels(outcome).inc()
+        kind = event.type
+        counter = self._events.get(kind)
+        if counter is None:
+            counter = self._events[kind] = self.events.labels(kind)
+        counter.inc()
+        if kind in (GENERATION_COMPLETED, GENERATION_FAILED):
+            data = event.data if isinstance(event.data, dict) else {}
+            outcome = str(data.get("status") or ("completed" if kind == GENERATION_COMPLETED else "failed"))
+            counter = self._outcomes.get(outcome)
+            if counter is None:
+                counter = self._outcomes[outcome] = self.generations.labels(outcome)
+            counter.inc()
             ms = data.get("durationMs")
-            if isinstance(ms, int | float) and ms >= 0:
-                self.generation_duration.labels(outcome).observe(ms / 1000)
-        elif event.type == COST_ACTION:
+            if isinstance(ms, int | float) and ms >= 0:  # a duration series appears with its first value only
+                histogram = self._durations.get(outcome)
+                if histogram is None:
+                    histogram = self._durations[outcome] = self.generation_duration.labels(outcome)
+                histogram.observe(ms / 1000)
+        elif kind == COST_ACTION:
+            data = event.data if isinstance(event.data, dict) else {}
             self.cost_actions.labels(str(data.get("action")), str(data.get("rule"))).inc()
 
     def bind(self, *, gauges: GaugeSource | None = None, hub: Any = None, zmq: Any = None,

@@ -25,9 +25,9 @@ import os
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 from uuid import uuid4
 
 import aiohttp
@@ -154,6 +154,8 @@ def _combo_options(spec: Any) -> list[str]:
     return []
 
 
+T = TypeVar("T")
+
 def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, ComfyUnavailableError)
 
@@ -255,23 +257,39 @@ class ComfyClient:
         except Exception:  # a metrics hook must never break a call
             log.exception("on_call hook failed endpoint=%s", endpoint)
 
-    def _wait(self, state: RetryCallState) -> float:
+    def _delay(self, attempt_number: int, exc: BaseException | None) -> float:
+        """The pause after failed attempt number ``attempt_number``: exponential with
+        jitter, at least the server's ``Retry-After`` (capped at a minute)."""
         initial, maximum = self._retry_wait
-        exp = min(maximum, initial * (2 ** (state.attempt_number - 1)))
+        exp = min(maximum, initial * (2 ** (attempt_number - 1)))
         delay = exp / 2 + (exp / 2) * (os.urandom(1)[0] / 255)
-        exc = state.outcome.exception() if state.outcome is not None else None
         retry_after = getattr(exc, "retry_after", None)
         if retry_after:
             delay = max(delay, min(float(retry_after), 60.0))
         return delay
 
-    def _retrying(self, retry: Callable[[BaseException], bool] | None) -> AsyncRetrying:
-        return AsyncRetrying(
-            stop=stop_after_attempt(self._attempts if retry is not None else 1),
-            wait=self._wait,
-            retry=retry_if_exception(retry or _is_unavailable),
-            reraise=True,
-        )
+    async def _retrying(self, call: Callable[[int], Awaitable[T]], retry: Callable[[BaseException], bool] | None,
+                        ) -> T:
+        """``call(attempt_number)`` until it succeeds, up to ``attempts`` times while
+        ``retry(exception)`` says so (once when ``retry`` is None). The first attempt
+        runs as a plain call: tenacity is entered only after a retriable failure, for
+        the remaining attempts (the same numbers, pauses and final exception)."""
+        try:
+            return await call(1)
+        except Exception as exc:
+            if retry is None or self._attempts <= 1 or not retry(exc):
+                raise
+            first = exc
+        await asyncio.sleep(self._delay(1, first))
+
+        def wait(state: RetryCallState) -> float:
+            return self._delay(state.attempt_number + 1, state.outcome.exception() if state.outcome else None)
+
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(self._attempts - 1), wait=wait,
+                                           retry=retry_if_exception(retry), reraise=True):
+            with attempt:
+                return await call(attempt.retry_state.attempt_number + 1)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(
         self,
@@ -339,19 +357,20 @@ class ComfyClient:
     ) -> _Response:
         endpoint = endpoint or f"{method} {path}"
         payload = _dumps(body) if body is not None else None
-        async for attempt in self._retrying(_is_unavailable if retry else None):
-            with attempt:
-                resp = await self._attempt(
-                    method,
-                    path,
-                    endpoint,
-                    params=params,
-                    data=form() if form is not None else payload,
-                    json_body=payload is not None,
-                )
-                self._raise_for_status(resp, endpoint)
-                return resp
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def call(_: int) -> _Response:
+            resp = await self._attempt(
+                method,
+                path,
+                endpoint,
+                params=params,
+                data=form() if form is not None else payload,
+                json_body=payload is not None,
+            )
+            self._raise_for_status(resp, endpoint)
+            return resp
+
+        return await self._retrying(call, _is_unavailable if retry else None)
 
     def _json(self, resp: _Response, endpoint: str) -> Any:
         try:
@@ -411,32 +430,32 @@ class ComfyClient:
             # A 500 from /prompt is ComfyUI choking on our body: re-posting cannot help.
             return isinstance(exc, ComfyUnavailableError) and exc.status != 500
 
-        async for attempt in self._retrying(retriable):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    found = await self._find_prompt(pid)
-                    if found is not None:
-                        log.info("prompt already queued before the retry prompt_id=%s", pid)
-                        return found
-                resp = await self._attempt("POST", "/prompt", endpoint, data=payload, json_body=True)
-                if resp.status == 400:
-                    try:
-                        parsed = _loads(resp.body)
-                    except ValueError:
-                        parsed = None
-                    if isinstance(parsed, dict) and "error" in parsed:
-                        raise ComfyPromptRejected.from_body(parsed)
-                self._raise_for_status(resp, endpoint)
-                data = self._json(resp, endpoint)
-                if not isinstance(data, dict):
-                    raise ComfyHTTPError(resp.status, resp.text, endpoint=endpoint)
-                node_errors = data.get("node_errors")
-                return QueuedPrompt(
-                    prompt_id=str(data.get("prompt_id") or pid),
-                    number=data.get("number", 0),
-                    node_errors=node_errors if isinstance(node_errors, dict) else {},
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
+        async def call(attempt_number: int) -> QueuedPrompt:
+            if attempt_number > 1:
+                found = await self._find_prompt(pid)
+                if found is not None:
+                    log.info("prompt already queued before the retry prompt_id=%s", pid)
+                    return found
+            resp = await self._attempt("POST", "/prompt", endpoint, data=payload, json_body=True)
+            if resp.status == 400:
+                try:
+                    parsed = _loads(resp.body)
+                except ValueError:
+                    parsed = None
+                if isinstance(parsed, dict) and "error" in parsed:
+                    raise ComfyPromptRejected.from_body(parsed)
+            self._raise_for_status(resp, endpoint)
+            data = self._json(resp, endpoint)
+            if not isinstance(data, dict):
+                raise ComfyHTTPError(resp.status, resp.text, endpoint=endpoint)
+            node_errors = data.get("node_errors")
+            return QueuedPrompt(
+                prompt_id=str(data.get("prompt_id") or pid),
+                number=data.get("number", 0),
+                node_errors=node_errors if isinstance(node_errors, dict) else {},
+            )
+
+        return await self._retrying(call, retriable)
 
     async def _find_prompt(self, prompt_id: str) -> QueuedPrompt | None:
         """Whether a prompt id already reached the server (queue first, then history)."""
@@ -560,10 +579,8 @@ class ComfyClient:
         params = {"filename": filename, "type": type}
         if subfolder:
             params["subfolder"] = subfolder
-        async for attempt in self._retrying(_is_unavailable):
-            with attempt:
-                return await self._fetch_once(params, Path(spill), in_memory, chunk_size)
-        raise AssertionError("unreachable")  # pragma: no cover
+        target = Path(spill)
+        return await self._retrying(lambda _: self._fetch_once(params, target, in_memory, chunk_size), _is_unavailable)
 
     async def _fetch_once(self, params: dict[str, str], target: Path, in_memory: int, chunk_size: int) -> ViewBody:
         endpoint = "GET /view"

@@ -46,12 +46,10 @@ from socialsync.common.events import (
     GENERATION_COMPLETED,
     GENERATION_FAILED,
     GENERATION_PROGRESS,
-    GenerationProgressData,
 )
 from socialsync.common.generations import (
     GenerateRequest,
     Generation,
-    GenerationCompletedData,
     GenerationFailedData,
     GenerationImage,
     GenerationStatus,
@@ -187,6 +185,20 @@ def timings(comfy: tuple[int, int] | None, created_at: str | None) -> tuple[date
     return now, (iso(now - timedelta(milliseconds=duration)), duration)
 
 
+def progress_data(generation_id: int, progress: int, status: str, server_id: int | None, step: int | None,
+                  steps: int | None) -> dict[str, Any]:
+    """``GenerationProgressData(...).model_dump(mode="json", by_alias=True,
+    exclude_none=True)``, built directly (one is published for every state change)."""
+    data: dict[str, Any] = {"generationId": generation_id, "progress": progress, "status": str(status)}
+    if server_id is not None:
+        data["serverId"] = server_id
+    if step is not None:
+        data["step"] = step
+    if steps is not None:
+        data["steps"] = steps
+    return data
+
+
 @dataclass(frozen=True)
 class Submitted:
     generation_id: int
@@ -208,6 +220,11 @@ class FinishedGeneration:
     #: Submitted straight to a server in this run (not through the scheduler's queue):
     #: its row carries no webhook URL of its own.
     direct: bool = False
+    #: The row's own fields, as its final write returned them (``attempts`` None: not known).
+    webhook_url: str | None = None
+    principal: str | None = None
+    attempts: int | None = None
+    prompt: str | None = None
 
 
 FinishListener = Callable[[FinishedGeneration], Awaitable[None] | None]
@@ -755,10 +772,8 @@ class GenerationService:
         track.last_emit = time.monotonic()
         value = track.progress if progress is None else progress
         track.emitted = (value, track.step)
-        data = GenerationProgressData(generation_id=track.generation_id, progress=value,
-                                      status=status or track.status, server_id=track.server_id,
-                                      step=track.step, steps=track.steps)
-        self.bus.publish(GENERATION_PROGRESS, data.model_dump(mode="json", by_alias=True, exclude_none=True))
+        self.bus.publish(GENERATION_PROGRESS, progress_data(track.generation_id, value, status or track.status,
+                                                            track.server_id, track.step, track.steps))
 
     def _progress(self, track: _Track) -> None:
         """Throttled: at most one event per ``progress_interval``; the last value of a
@@ -852,29 +867,32 @@ class GenerationService:
             if isinstance(decision, str):
                 error = decision
         completed, started = timings(timing, created_at)
-        changed, duration_ms = await store.finish(self.db, generation_id, status=status, completed_at=iso(completed),
-                                                  error=error, images=[i.as_row() for i in images], timing=started)
-        if not changed:
+        result = await store.finish(self.db, generation_id, status=status, completed_at=iso(completed),
+                                    error=error, images=[i.as_row() for i in images], timing=started)
+        if not result.changed:
             return False
+        duration_ms = result.duration_ms
         urls = [i.url for i in images]
         if status == GenerationStatus.COMPLETED and duration_ms is not None and server_id in self._durations:
             self._durations[server_id].append(duration_ms)
         final_progress = 100 if status == GenerationStatus.COMPLETED else (progress or 0)
         if status == GenerationStatus.COMPLETED and steps:
             step = steps  # the last step's progress message may have been throttled away
-        self.bus.publish(GENERATION_PROGRESS, GenerationProgressData(
-            generation_id=generation_id, progress=final_progress, status=status, server_id=server_id,
-            step=step, steps=steps).model_dump(mode="json", by_alias=True, exclude_none=True))
+        self.bus.publish(GENERATION_PROGRESS,
+                         progress_data(generation_id, final_progress, status, server_id, step, steps))
         if status == GenerationStatus.COMPLETED:
-            self.bus.publish(GENERATION_COMPLETED, GenerationCompletedData(
-                generation_id=generation_id, server_id=server_id, image_urls=urls, duration_ms=duration_ms))
+            # GenerationCompletedData(...).model_dump(mode="json", by_alias=True), built directly
+            self.bus.publish(GENERATION_COMPLETED, {
+                "generationId": generation_id, "serverId": server_id, "status": "completed", "imageUrls": urls,
+                "durationMs": duration_ms})
             log.info("generation completed generation_id=%d server_id=%s images=%d duration_ms=%s",
                      generation_id, server_id, len(urls), duration_ms)
         else:
             self.bus.publish(GENERATION_FAILED, GenerationFailedData(
                 generation_id=generation_id, server_id=server_id, status=str(status), error=error or str(status)))
             log.info("generation %s generation_id=%d server_id=%s error=%s", status, generation_id, server_id, error)
-        done = FinishedGeneration(generation_id, server_id, status, error, urls, duration_ms, direct)
+        done = FinishedGeneration(generation_id, server_id, status, error, urls, duration_ms, direct,
+                                  result.webhook_url, result.principal, result.attempts, result.prompt)
         for fut in self._waiters.get(generation_id, []):
             if not fut.done():
                 fut.set_result(done)

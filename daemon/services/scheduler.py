@@ -364,16 +364,21 @@ class Scheduler:
         self._no_webhook.discard(done.generation_id)
         if no_url and self.webhooks.url_for(None) is None:
             return  # no webhook to send: the row is not read again
-        row = await gen_store.get(self.db, done.generation_id)
-        if row is None:
-            return
-        url = self.webhooks.url_for(row["webhook_url"])
+        if done.attempts is not None:  # the final write returned the row's fields: no read
+            webhook_url, principal, attempts, prompt = done.webhook_url, done.principal, done.attempts, done.prompt
+        else:
+            row = await gen_store.get(self.db, done.generation_id)
+            if row is None:
+                return
+            webhook_url, principal, attempts, prompt = (row["webhook_url"], row["principal"], row["attempts"],
+                                                        row["prompt"])
+        url = self.webhooks.url_for(webhook_url)
         if url is None:
             return
         event = "generation.completed" if done.status == GenerationStatus.COMPLETED else "generation.failed"
         data = {"generationId": done.generation_id, "serverId": done.server_id, "status": str(done.status),
                 "error": done.error, "imageUrls": done.image_urls, "durationMs": done.duration_ms,
-                "principal": row["principal"], "attempts": row["attempts"], "prompt": row["prompt"]}
+                "principal": principal, "attempts": attempts, "prompt": prompt}
         try:
             await self.webhooks.enqueue(done.generation_id, event, url, data)
         except Exception:

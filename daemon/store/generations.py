@@ -13,7 +13,7 @@ worth of index entries however deep it is, instead of the whole offset.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from socialsync.daemon.store.db import Database
 
@@ -156,16 +156,31 @@ _FINISH_SQL = (
     f"started_at = coalesce(:started, started_at), duration_ms = coalesce(:duration, {_DURATION}), "
     f"progress = CASE WHEN :status = 'completed' THEN 100 ELSE progress END, "
     f"step = CASE WHEN :status = 'completed' AND steps IS NOT NULL THEN steps ELSE step END "
-    f"WHERE id = :id AND {_ACTIVE_SQL} RETURNING server_id, duration_ms")
+    f"WHERE id = :id AND {_ACTIVE_SQL} RETURNING server_id, duration_ms, webhook_url, principal, attempts, prompt")
 _IMAGE_SQL = ("INSERT INTO generation_images (generation_id, node_id, filename, path, content_type, size, sha256, "
               "width, height, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
+class FinishResult(NamedTuple):
+    """What `finish` did, with the fields of the row its listeners need (so nothing
+    reads the row again): all None when the row was no longer active."""
+
+    changed: bool
+    duration_ms: int | None = None
+    webhook_url: str | None = None
+    principal: str | None = None
+    attempts: int | None = None
+    prompt: str | None = None
+
+
+_UNCHANGED = FinishResult(False)
+
+
 def _finish(conn, generation_id: int, params: dict[str, Any], images: list[Mapping[str, Any]],
-            completed_at: str) -> tuple[bool, int | None]:
+            completed_at: str) -> FinishResult:
     found = next(iter(conn.execute(_FINISH_SQL, params).fetchall()), None)
     if found is None:
-        return False, None
+        return _UNCHANGED
     if images:
         conn.executemany(_IMAGE_SQL, [
             (generation_id, image.get("node_id"), image["filename"], image["path"], image["content_type"],
@@ -173,15 +188,16 @@ def _finish(conn, generation_id: int, params: dict[str, Any], images: list[Mappi
             for image in images])
     if found[0] is not None:
         conn.execute("UPDATE servers SET last_activity_at = ? WHERE id = ?", (completed_at, found[0]))
-    return True, found[1]
+    return FinishResult(True, found[1], found[2], found[3], found[4], found[5])
 
 
 async def finish(db: Database, generation_id: int, *, status: str, completed_at: str, error: str | None = None,
                  images: Iterable[Mapping[str, Any]] = (), timing: tuple[str, int] | None = None,
-                 ) -> tuple[bool, int | None]:
+                 ) -> FinishResult:
     """Move an active row to a final state, with its images and the server's
-    ``last_activity_at``, in one transaction. Returns (changed, duration_ms); not
-    changed when the row was no longer active (someone else finished it first).
+    ``last_activity_at``, in one transaction. Returns (changed, duration_ms, and the
+    row's webhook_url, principal, attempts, prompt); not changed when the row was no
+    longer active (someone else finished it first).
     ``timing`` = (started_at, duration_ms) when known better than our own clock."""
     started, duration = timing if timing is not None else (None, None)
     params = {"status": status, "error": error, "at": completed_at, "id": generation_id, "started": started,
