@@ -5,8 +5,10 @@ seeded state directory, and a bare aiohttp server for the baselines."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -116,8 +118,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def serve_sims(count: int, ports, stop) -> None:
-    """Child process: ``count`` ComfySims on loopback until ``stop`` is set."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (all its threads; 10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serve_sims(count: int, ports, stop, also: tuple | None = None) -> None:
+    """Child process: ``count`` ComfySims on loopback until ``stop`` is set. ``also``:
+    ``(coroutine function, args)`` to run on the same loop meanwhile (e.g. a load
+    generator); it is cancelled when ``stop`` is set."""
     from socialsync.daemon.sim.comfyui import ComfySim
 
     logging.basicConfig(level=logging.WARNING)
@@ -127,7 +137,12 @@ def serve_sims(count: int, ports, stop) -> None:
         for sim in sims:
             await sim.start("127.0.0.1", 0)
         ports.put([sim.base_url for sim in sims])
+        task = asyncio.create_task(also[0](*also[1])) if also is not None else None
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for sim in sims:
             await sim.stop()
 
@@ -135,12 +150,13 @@ def serve_sims(count: int, ports, stop) -> None:
 
 
 @asynccontextmanager
-async def sims_in_child(count: int, timeout: float = 120) -> AsyncIterator[list[str]]:
+async def sims_in_child(count: int, timeout: float = 120, also: tuple | None = None) -> AsyncIterator[list[str]]:
     """``count`` instant ComfyUI simulators in their own process (so they never share
-    the measured loop); yields their base URLs and stops them on exit."""
+    the measured loop); yields their base URLs and stops them on exit. ``also``: see
+    ``serve_sims`` (it must be picklable: a module-level function and its args)."""
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    child = ctx.Process(target=serve_sims, args=(count, ports, stop), daemon=True)
+    child = ctx.Process(target=serve_sims, args=(count, ports, stop, also), daemon=True)
     child.start()
     try:
         yield await asyncio.to_thread(ports.get, True, timeout)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TABLE = {"bench_server_list", "bench_events", "bench_analytics", "bench_tui", "bench_paging", "bench_rss",
+TABLE = {"bench_server_list", "bench_generations", "bench_events", "bench_analytics", "bench_tui", "bench_paging", "bench_rss",
          "bench_vast_sync"}  # print ROW| lines with --table
 BENCHES = ["bench_server_list", "bench_generations", "bench_events", "bench_analytics", "bench_tui", "bench_paging",
            "bench_rss", "bench_vast_sync", "bench_scheduler"]
