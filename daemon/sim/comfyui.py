@@ -56,6 +56,7 @@ from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
+from socialsync.daemon.events.hub import text_frame
 from socialsync.daemon.sim import png
 
 __all__ = [
@@ -791,6 +792,9 @@ class _CacheEntry:
     ui: dict[str, Any] | None
 
 
+WS_WRITE_HIGH_WATER = 64 * 1024  # past it, messages wait for room (aiohttp's send_str)
+
+
 class _WsClient:
     """One websocket with its own ordered writer (a slow reader never blocks the worker)."""
 
@@ -810,12 +814,31 @@ class _WsClient:
         self._queue.put_nowait(message)
 
     async def _writer(self) -> None:
+        # The frames on the wire are ComfyUI's, one message per frame; only the syscalls
+        # differ: text messages queued together (a prompt's burst of events) go out in
+        # one transport write of their frames, as long as the connection is uncompressed
+        # and has room. Anything else takes aiohttp's path, which waits for room.
+        transport = self.transport if not self.ws.compress else None
+        queue = self._queue
         try:
-            while (message := await self._queue.get()) is not None:
-                if isinstance(message, str):
+            message = await queue.get()
+            while message is not None:
+                taken: tuple[str | bytes | None] | None = None  # the next message, already dequeued
+                if isinstance(message, bytes):
+                    await self.ws.send_bytes(message)
+                elif transport is None or transport.is_closing() \
+                        or transport.get_write_buffer_size() > WS_WRITE_HIGH_WATER:
                     await self.ws.send_str(message)
                 else:
-                    await self.ws.send_bytes(message)
+                    frames = [text_frame(message.encode())]
+                    while not queue.empty():
+                        item = queue.get_nowait()
+                        if not isinstance(item, str):
+                            taken = (item,)
+                            break
+                        frames.append(text_frame(item.encode()))
+                    transport.write(b"".join(frames))
+                message = taken[0] if taken is not None else await queue.get()
         except Exception as exc:  # the peer went away; the reader side cleans up
             log.debug("ws writer stopped sid=%s: %r", self.sid, exc)
 
