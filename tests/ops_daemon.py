@@ -16,6 +16,8 @@ from typing import Any
 
 from harness import free_port
 
+from socialsync.tui.demo import DIE_WITH_PARENT
+
 # Inherited from a CI runner started by systemd, these would talk to the real manager.
 _FOREIGN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_FDS", "LISTEN_PID",
             "VAST_API_KEY", "STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CONFIGURATION_DIRECTORY")
@@ -62,8 +64,14 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
+        # On Linux through the demo's stub: the kernel sends the daemon SIGTERM if this
+        # process dies before it could kill it (a killed test run or reliability script
+        # leaves no daemon behind). exec keeps the pid, so signals and waits reach the daemon.
+        command = self.command
+        if sys.platform.startswith("linux"):
+            command = [sys.executable, "-S", "-c", DIE_WITH_PARENT, str(os.getpid()), *command]
         with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=err, env=self.env)
         return self
 
