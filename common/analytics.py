@@ -141,7 +141,7 @@ class DashboardStats(WireModel):
 class CostActionData(WireModel):
     """The ``cost_action`` event: what the cost control did and why."""
 
-    action: str = Field(description="stop | destroy | launch_refused")
+    action: str = Field(description="stop | destroy | launch_refused | start_refused")
     rule: str = Field(description="idle | daily_cap | monthly_cap | max_price")
     reason: str
     server_id: int | None = None

@@ -157,6 +157,8 @@ async def _generations(app: web.Application) -> AsyncIterator[None]:
     app[keys.WEBHOOKS] = webhooks
     scheduler = Scheduler(app[keys.DB], app[keys.BUS], app[keys.FLEET], generations, webhooks, settings.scheduler)
     app[keys.SCHEDULER] = scheduler
+    if keys.COSTS in app:
+        app[keys.COSTS].queued_work = scheduler.servers_with_work
     deadman = DeadmanService(app[keys.FLEET], app[keys.COMFY], settings)
     app[keys.DEADMAN] = deadman
     await webhooks.start()
@@ -198,6 +200,7 @@ async def _costs(app: web.Application) -> AsyncIterator[None]:
     app[keys.COSTS] = costs
     if costs.guards_launches:
         fleet.add_launch_guard(costs.launch_guard)
+        fleet.add_start_guard(costs.start_guard)
     app[keys.METRICS].bind(gauges=analytics.gauges, hub=app.get(keys.HUB), zmq=app.get(keys.ZMQ_PUB),
                            limiter=app[keys.LIMITER])
     analytics.refresh_credit()

@@ -135,6 +135,37 @@ async def test_idle_servers_are_stopped_busy_and_attached_are_not(tmp_path):
         await home.stop()
 
 
+async def test_work_no_server_can_take_does_not_keep_a_server_from_idling(tmp_path):
+    # A queue item asking for a checkpoint nobody has waits for ever; it must not keep
+    # every ready server running (and billing) meanwhile.
+    provider = DemoComfyProvider(tmp_path / "comfy", step_time=0.01)
+    async with fleet(tmp_path, sim_kw={"comfy_provider": provider}, comfy=FAST,
+                     costs={"idle_stop_minutes": 1, "check_interval": 3600}) as (_sim, d), d.session() as api:
+        sid = await launch(api, (await offers(api))[0]["offerId"], "idle")
+        await wait_for(lambda: setup_is(api, sid, "ready"), timeout=10)
+        async with api.post("/api/generate", json={"prompt": "a harbour",
+                                                   "parameters": {"checkpoint": "nowhere.safetensors"}}) as r:
+            assert r.status == 202, await r.text()
+            waiting = (await r.json())["generationId"]
+        async with api.get("/api/queue") as r:
+            queue = await r.json()
+        assert [(i["generationId"], i["waitingFor"], i["estimatedStart"]) for i in queue["items"]] == \
+            [(waiting, "no ready server has nowhere.safetensors", None)]  # no server can: no start time
+        scheduler, costs = d.app[keys.SCHEDULER], d.app[keys.COSTS]
+        assert await scheduler.servers_with_work([sid]) == set()
+
+        # Idle for two hours by its rows: stopped, though the item still waits.
+        await d.app[keys.DB].execute(
+            "UPDATE servers SET last_activity_at = ?1, ready_at = ?1, running_since = ?1, created_at = ?1 "
+            "WHERE id = ?2", ((datetime.now(UTC) - timedelta(hours=2)).isoformat(timespec="milliseconds"), sid))
+        actions = await costs.check_once()
+        assert [(a.server_id, a.action, a.rule, a.ok) for a in actions] == [(sid, "stop", "idle", True)]
+        assert (await server(api, sid))["status"] == "stopped"
+        async with api.get(f"/api/generations/{waiting}") as r:
+            assert (await r.json())["status"] == "queued"
+        await provider.close()
+
+
 async def test_idle_server_is_destroyed_when_so_configured(tmp_path):
     provider = DemoComfyProvider(tmp_path / "comfy", step_time=0.01)
     async with fleet(tmp_path, sim_kw={"comfy_provider": provider}, comfy=FAST,
@@ -186,6 +217,29 @@ async def test_cap_stops_most_idle_first_then_refuses_launches(tmp_path):
         assert [(e["serverId"], e["rule"]) for e in published] == [(second, "daily_cap")]
         assert published[0]["reason"].startswith("daily cap $") and "would cross it" in published[0]["reason"]
         assert await costs.check_once() == []  # under the cap now
+
+        # Starting it again would take the fleet back over the cap: refused before Vast
+        # hears of it (the loop would only stop it again), with the reason and an event.
+        manage = len(sim.requests_for("manage"))
+        async with api.patch(f"/api/vast-servers/{second}", json={"status": "running"}) as r:
+            body = await r.json()
+            assert r.status == 409 and body["code"] == "BUDGET_EXCEEDED", body
+            assert body["details"].startswith("the daily cap of $"), body
+        assert len(sim.requests_for("manage")) == manage
+        assert (await server(api, second))["status"] == "stopped"
+        refused = drain(events, "cost_action")
+        assert [(e["action"], e["serverId"], e["rule"]) for e in refused] == [("start_refused", second, "daily_cap")]
+        # With room under the cap the same start goes through.
+        d.app[keys.SETTINGS].costs.daily_cap = cap + spend.running_burn[second] * 24
+        async with api.patch(f"/api/vast-servers/{second}", json={"status": "running"}) as r:
+            assert r.status == 200, await r.text()
+        assert sim.requests_for("manage")[-1].json == {"state": "running"}
+        await wait_for(lambda: status_is(api, second, "running"), timeout=10)
+        async with api.patch(f"/api/vast-servers/{second}", json={"status": "stopped"}) as r:
+            assert r.status == 200, await r.text()
+        await wait_for(lambda: status_is(api, second, "stopped"), timeout=10)
+        d.app[keys.SETTINGS].costs.daily_cap = cap
+        assert drain(events, "cost_action") == []
 
         # The cap is spent: everything still running stops, and launches are refused.
         d.app[keys.SETTINGS].costs.daily_cap = Decimal("0")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -65,7 +65,7 @@ BOOTING = (ServerStatus.LAUNCHING, ServerStatus.LOADING)
 @dataclass(frozen=True)
 class CostAction:
     server_id: int | None
-    action: str  # stop | destroy | launch_refused
+    action: str  # stop | destroy | launch_refused | start_refused
     rule: str  # idle | daily_cap | monthly_cap | max_price
     reason: str
     ok: bool = True
@@ -96,6 +96,9 @@ class CostService:
         self.clock = clock
         self._failed_at: dict[int, float] = {}
         self.last_actions: list[CostAction] = []
+        #: ``queued_work(server_ids)``: those a waiting queue item could run on (the
+        #: scheduler's, set once it exists); without it any waiting item keeps every server.
+        self.queued_work: Callable[[Iterable[int]], Awaitable[set[int]]] | None = None
 
     @property
     def guards_launches(self) -> bool:
@@ -112,13 +115,24 @@ class CostService:
             limit = to_decimal(costs.max_price_per_hour)
             if price > limit:
                 self._refuse("max_price", f"offer {offer.id} costs ${money(price)}/h, above the maximum of "
-                             f"${money(limit)}/h per server (costs.max_price_per_hour)")
+                             f"${money(limit)}/h per server (costs.max_price_per_hour)", "launch_refused")
+        await self._check_caps(price, "launch_refused")
+
+    async def start_guard(self, row: Any) -> None:
+        """Refuse (409 BUDGET_EXCEEDED) starting a stopped server when its price would
+        take the fleet over a spend cap, as a launch would (the cap loop would only stop
+        it again)."""
+        price = row["price_per_hour"]
+        await self._check_caps(to_decimal(price) if price is not None else None, "start_refused",
+                               server_id=row["id"])
+
+    async def _check_caps(self, price: Decimal | None, action: str, server_id: int | None = None) -> None:
         caps = self._caps()
         if not caps:
             return
         spend = await self.analytics.spend_now()
         burn = spend.burn + (price or Decimal(0))
-        horizon_ms = int(costs.launch_horizon_hours * 3_600_000)
+        horizon_ms = int(self.settings.costs.launch_horizon_hours * 3_600_000)
         for rule, cap, label in caps:
             spent = spend.today if rule == "daily_cap" else spend.month
             end = day_start(spend.now_ms) + DAY_MS if rule == "daily_cap" else next_month_start(spend.now_ms)
@@ -127,7 +141,7 @@ class CostService:
             if projected > cap:
                 self._refuse(rule, f"the {label} of ${money(cap)} would be exceeded: ${money(spent)} spent, "
                              f"the fleet with this server burns ${money(burn)}/h → ${money(projected)} "
-                             f"within {float(hours):g} h")
+                             f"within {float(hours):g} h", action, server_id)
 
     def launch_price(self, offer: Any, req: ServerCreate) -> Decimal | None:
         """The $/h the instance will cost: the GPU plus storage for the disk asked for
@@ -148,9 +162,9 @@ class CostService:
             caps.append(("monthly_cap", to_decimal(c.monthly_cap), "monthly cap"))
         return caps
 
-    def _refuse(self, rule: str, reason: str) -> None:
-        log.warning("launch refused rule=%s reason=%s", rule, reason)
-        self.bus.publish(COST_ACTION, CostActionData(action="launch_refused", rule=rule, reason=reason))
+    def _refuse(self, rule: str, reason: str, action: str, server_id: int | None = None) -> None:
+        log.warning("%s rule=%s server_id=%s reason=%s", action.replace("_", " "), rule, server_id, reason)
+        self.bus.publish(COST_ACTION, CostActionData(action=action, rule=rule, reason=reason, server_id=server_id))
         raise BudgetExceeded("Budget exceeded", reason)
 
     # -- the loop --------------------------------------------------------------------
@@ -204,17 +218,19 @@ class CostService:
         costs = self.settings.costs
         if costs.idle_stop_minutes is None:
             return []
-        if await self.db.scalar(
+        if self.queued_work is None and await self.db.scalar(
                 "SELECT 1 FROM generations WHERE status = 'queued' AND server_id IS NULL LIMIT 1"):
-            return []  # work is waiting for a server: none of them is idle
+            return []  # work is waiting for a server (and nobody can say which): none is idle
         limit = costs.idle_stop_minutes * 60
         now = self.clock()
         actions: list[CostAction] = []
         rows = await self.db.fetchall(
             "SELECT * FROM servers WHERE kind = 'vast' AND status = 'running' AND setup_status = 'ready' "
             "AND vast_id IS NOT NULL ORDER BY id")
+        # Waiting work this server could run keeps it; work it can never take does not.
+        wanted = await self.queued_work([r["id"] for r in rows]) if self.queued_work is not None and rows else set()
         for row in rows:
-            if row["id"] in acted:
+            if row["id"] in acted or row["id"] in wanted:
                 continue
             last = await self._last_activity(row)
             if last is None:  # busy

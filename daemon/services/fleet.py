@@ -215,6 +215,8 @@ class SyncReport:
 StatusListener = Callable[[Any, Any], Awaitable[None] | None]
 #: ``guard(offer, request)`` may raise an AppError to refuse a launch (budget, max price).
 LaunchGuard = Callable[[Any, ServerCreate], Awaitable[None]]
+#: ``guard(server_row)`` may raise an AppError to refuse starting a stopped server (budget).
+StartGuard = Callable[[Any], Awaitable[None]]
 
 
 class FleetService:
@@ -239,6 +241,7 @@ class FleetService:
         self._kick = asyncio.Event()
         self._listeners: list[StatusListener] = []
         self._guards: list[LaunchGuard] = []
+        self._start_guards: list[StartGuard] = []
         self._list_cache: dict[bool, tuple[int, bytes]] = {}
         # Rows as last read by `cached_row`; every write of a server row below drops its entry.
         self._rows: dict[int, Any] = {}
@@ -274,6 +277,10 @@ class FleetService:
     def add_launch_guard(self, guard: LaunchGuard) -> None:
         """Checked before anything is rented; the offer (with its price) is fetched once."""
         self._guards.append(guard)
+
+    def add_start_guard(self, guard: StartGuard) -> None:
+        """Checked before a stopped server is started again (it bills again once running)."""
+        self._start_guards.append(guard)
 
     def add_onstart_addition(self, addition: Callable[[ServerCreate], str | None]) -> None:
         """Text appended to the onstart script of every launch (the dead-man switch)."""
@@ -531,6 +538,9 @@ class FleetService:
         if row["vast_id"] is None:
             raise Conflict("Launch not confirmed", "Vast has not confirmed this server yet")
         vast = self._need_vast()
+        if target == ServerStatus.RUNNING and row["status"] == ServerStatus.STOPPED:
+            for guard in self._start_guards:
+                await guard(row)
         try:
             if target == ServerStatus.STOPPED:
                 await vast.stop_instance(row["vast_id"])

@@ -28,6 +28,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +52,7 @@ from socialsync.daemon.store import servers as servers_store
 from socialsync.daemon.store.db import Database
 
 log = logging.getLogger(__name__)
+NO_SERVER_HAS = "no ready server has "
 
 #: Failures that say nothing about the generation itself: its server went away.
 RETRIABLE = ("server became unready", "lost", "ComfyUI unavailable", "could not collect the images")
@@ -300,7 +302,7 @@ class Scheduler:
             return "no ready server"
         if not any(self._has_models(item, presence.get(sid)) for sid in ready):
             wanted = ", ".join(filter(None, [item.checkpoint, *item.required]))
-            return f"no ready server has {wanted}"
+            return f"{NO_SERVER_HAS}{wanted}"
         return "all matching servers busy"
 
     async def _dispatch(self, item: Item, server_id: int, seq: int) -> None:
@@ -435,14 +437,14 @@ class Scheduler:
         items = []
         for gid, pos in sorted(positions.items(), key=lambda kv: kv[1])[:limit]:
             item = self._items[gid]
+            why = self._why_waiting(item, ready, presence)
             start = None
-            if ready:
+            if ready and not why.startswith(NO_SERVER_HAS):  # no estimate for what no server can run
                 start = now + timedelta(seconds=per * ((pos - 1) // slots + (0 if sum(free.values()) >= pos else 1)))
             items.append(QueueItem(
                 generation_id=gid, principal=item.principal, priority=item.priority, status="queued", position=pos,
                 attempts=item.attempts, checkpoint=item.checkpoint, required_models=list(item.required),
-                created_at=item.created_at, estimated_start=iso(start) if start else None,
-                waiting_for=self._why_waiting(item, ready, presence)))
+                created_at=item.created_at, estimated_start=iso(start) if start else None, waiting_for=why))
         running = await self.db.fetchall(
             "SELECT id, principal, priority, status, server_id, attempts, checkpoint, created_at, request "
             "FROM generations WHERE scheduled = 1 AND server_id IS NOT NULL AND status IN ('queued', 'processing') "
@@ -456,6 +458,21 @@ class Scheduler:
         return QueueView(waiting=len(self._items), running=len(running), servers=len(ready),
                          slots=sum(max(0, n) for n in free.values()),
                          per_server_concurrency=self.settings.per_server_concurrency, items=items)
+
+    async def servers_with_work(self, server_ids: Iterable[int]) -> set[int]:
+        """Those of ``server_ids`` that a waiting item could run on (its checkpoint and
+        required models there): for idle auto-stop, which must not stop a server the
+        queue is about to use, nor keep one for work it can never take."""
+        wanted = set(server_ids)
+        if not self._items or not wanted:
+            return set()
+        presence = await store.model_presence(self.db)
+        found: set[int] = set()
+        for item in self._items.values():
+            found |= {sid for sid in wanted - found if self._has_models(item, presence.get(sid))}
+            if found == wanted:
+                break
+        return found
 
     # ------------------------------------------------------------------ autoscaling
 
