@@ -6,11 +6,15 @@ defence: code does not log them, but a library may echo a raw request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -99,6 +103,74 @@ class MalformedRequestFilter(logging.Filter):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = None
         return True
+
+
+_SERVER_ID = re.compile(r"\bserver_id=(\d+)")
+MAX_EVENT_MESSAGE = 2000
+
+
+class EventLogHandler(logging.Handler):
+    """Log records of ``level`` and above, published as ``log`` events (``LogData``:
+    level, ``logger: message``, the ``server_id=N`` the message names) so the console's
+    log pane and any subscriber see what the daemon warns about. Scrubbed like stderr.
+    At most ``rate`` a second: the rest are counted and the count published once the
+    next second allows. Records from other threads reach the loop's thread through
+    ``call_soon_threadsafe``; a record logged while publishing one is not published."""
+
+    def __init__(self, publish: Callable[[dict[str, Any]], None], loop: asyncio.AbstractEventLoop,
+                 level: int = logging.WARNING, rate: int = 20) -> None:
+        super().__init__(level)
+        self.addFilter(SECRET_FILTER)
+        self._publish = publish
+        self._loop = loop
+        self._thread = threading.get_ident()
+        self._rate = rate
+        self._second = 0.0
+        self._sent = 0
+        self._dropped = 0
+        self._busy = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = f"{record.name}: {record.getMessage()}"
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                message += f" ({type(exc).__name__}: {exc})"
+            found = _SERVER_ID.search(message)
+            data = {"level": record.levelname.lower(), "message": message[:MAX_EVENT_MESSAGE],
+                    "serverId": int(found[1]) if found else None}
+            if threading.get_ident() == self._thread:
+                self._deliver(data)
+            else:
+                self._loop.call_soon_threadsafe(self._deliver, data)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+        except Exception:
+            self.handleError(record)
+
+    def _deliver(self, data: dict[str, Any]) -> None:
+        if self._busy:
+            return
+        now = time.monotonic()
+        if now - self._second >= 1.0:
+            self._second, self._sent = now, 0
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                self._send({"level": "warning", "serverId": None,
+                            "message": f"socialsync.daemon.logs: {dropped} log line(s) not published "
+                                       f"(more than {self._rate} a second; stderr has them all)"})
+        if self._sent >= self._rate:
+            self._dropped += 1
+            return
+        self._send(data)
+
+    def _send(self, data: dict[str, Any]) -> None:
+        self._sent += 1
+        self._busy = True
+        try:
+            self._publish(data)
+        finally:
+            self._busy = False
 
 
 def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:

@@ -99,6 +99,10 @@ class EventSettings(BaseModel):
     ws_heartbeat: float = 20.0
     zmq_endpoint: str | None = None  # default: ipc://<runtime dir>/events.sock
     zmq_hwm: int = 10_000
+    # Log records at this level and above are also published as ``log`` events (the
+    # console's log pane, /ws, ZeroMQ), at most ``log_rate`` a second; "off": none.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "off"] = "WARNING"
+    log_rate: int = Field(default=20, ge=1)
 
 
 class CostSettings(BaseModel):

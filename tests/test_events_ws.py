@@ -5,6 +5,7 @@ while the others keep receiving, revocation, shutdown with 1001."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import socket
 import tempfile
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from harness import running_daemon
+from harness import free_port, running_daemon
 
 from socialsync.common.auth import Role
 from socialsync.daemon import keys
@@ -269,7 +270,10 @@ async def test_resnapshot_when_the_ring_no_longer_has_it(tmp_path, run_dir):
 
 async def test_a_stalled_client_is_dropped_while_others_keep_receiving(tmp_path, run_dir):
     queue = 50
-    async with running_daemon(tmp_path / "s", runtime_dir=run_dir, events={"ws_queue": queue}) as d, \
+    # log_level off: the events here are the test's own; the daemon's warning about the
+    # dropped client would be one more ``log`` event in the good client's stream.
+    async with running_daemon(tmp_path / "s", runtime_dir=run_dir, events={"ws_queue": queue, "log_level": "off"}) \
+            as d, \
             d.session() as admin:
         hub = d.app[keys.HUB]
 
@@ -356,3 +360,41 @@ async def test_shutdown_closes_with_1001_and_removes_the_ipc_file(tmp_path, run_
         assert not sock_file.exists()
     finally:
         await session.close()
+
+
+async def test_daemon_warnings_reach_subscribers_as_log_events(tmp_path, run_dir):
+    comfy = {"probe_interval": 0.05, "probe_interval_max": 0.1, "ready_deadline": 0.5}
+    async with running_daemon(tmp_path / "state", runtime_dir=run_dir, comfy=comfy) as d, d.session() as admin, \
+            admin.ws_connect("/ws", params={"types": "log"}) as ws:
+        await receive(ws)
+        # A real warning: an attached server whose ComfyUI never answers fails its setup.
+        async with admin.post("/api/vast-servers/attach",
+                              json={"name": "nobody home", "comfyUrl": f"http://127.0.0.1:{free_port()}"}) as r:
+            assert r.status == 201, await r.text()
+            sid = (await r.json())["id"]
+        (event,) = await receive_events(ws, 1)
+        assert event["data"]["level"] == "warning" and event["data"]["serverId"] == sid
+        assert event["data"]["message"].startswith(f"socialsync.daemon.services.readiness: server setup failed "
+                                                   f"server_id={sid} ")
+
+
+async def test_log_events_are_scrubbed_rate_limited_and_thread_safe(daemon, admin):
+    log = logging.getLogger("socialsync.test")
+    async with admin.ws_connect("/ws", params={"types": "log"}) as ws:
+        await receive(ws)
+        log.info("below the level: not published")
+        await asyncio.to_thread(log.error, "from a thread with token=%s", "abcdef123456")
+        (event,) = await receive_events(ws, 1)
+        assert event["data"] == {"level": "error", "message": "socialsync.test: from a thread with token=[redacted]",
+                                 "serverId": None}
+        await asyncio.sleep(1.05)  # a fresh second of the rate limit
+        for i in range(30):
+            log.warning("burst %d", i)
+        got = await receive_events(ws, 20)
+        assert [m["data"]["message"] for m in got] == [f"socialsync.test: burst {i}" for i in range(20)]
+        await asyncio.sleep(1.05)
+        log.warning("after the burst")
+        summary, after = await receive_events(ws, 2)
+        assert summary["data"]["message"].endswith("10 log line(s) not published (more than 20 a second; "
+                                                   "stderr has them all)")
+        assert after["data"]["message"] == "socialsync.test: after the burst"

@@ -7,6 +7,7 @@ before aiohttp waits for the handlers to finish."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,12 +15,13 @@ import orjson
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from socialsync.common.events import EventFilter, EventsInfo, SnapshotResponse
+from socialsync.common.events import LOG, EventFilter, EventsInfo, SnapshotResponse
 from socialsync.common.wire import QueryModel
 from socialsync.daemon import keys
 from socialsync.daemon.api.registry import Ctx, Routes
 from socialsync.daemon.events.hub import WebSocketHub
 from socialsync.daemon.events.zmq_pub import PathTooLong, ZmqPublisher, default_endpoint
+from socialsync.daemon.logs import EventLogHandler
 from socialsync.daemon.services.snapshot import build_snapshot
 
 log = logging.getLogger(__name__)
@@ -111,9 +113,16 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
             log.error("ZeroMQ events disabled: %s", exc)
             publisher = None
     app[keys.ZMQ_PUB] = publisher
+    handler = None
+    if events.log_level != "off":
+        handler = EventLogHandler(lambda data: bus.publish(LOG, data), asyncio.get_running_loop(),
+                                  level=logging.getLevelName(events.log_level), rate=events.log_rate)
+        logging.getLogger().addHandler(handler)
     try:
         yield
     finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
         await hub.close()
         if publisher is not None:
             await publisher.close()
