@@ -86,11 +86,21 @@ async def test_launch_runs_then_stop_start_and_destroy(tmp_path):
             assert r.status == 200
         await wait_for(lambda: _running(api, sid))
 
+        while not bus.queue.empty():
+            bus.queue.get_nowait()
         async with api.patch(f"/api/vast-servers/{sid}", json={"metadata": {"a": 1}, "name": "beta"}) as r:
             assert (await r.json())["metadata"] == {"a": 1}
         async with api.patch(f"/api/vast-servers/{sid}", json={"metadata": {"b": 2}}) as r:
             body = await r.json()
             assert body["metadata"] == {"a": 1, "b": 2} and body["name"] == "beta"
+        async with api.patch(f"/api/vast-servers/{sid}", json={"name": "beta"}) as r:
+            assert r.status == 200  # nothing changed: nothing published
+        changes = []
+        while not bus.queue.empty():
+            e = bus.queue.get_nowait()
+            if e.type == "server_status" and e.data["serverId"] == sid and (e.data["reason"] or "").startswith("upd"):
+                changes.append((e.data["status"], e.data["reason"]))  # (readiness may publish meanwhile)
+        assert changes == [("running", "updated: name, metadata"), ("running", "updated: metadata")]
 
         async with api.get(f"/api/vast-servers/{sid}/history") as r:
             history = [h["status"] for h in await r.json()]
@@ -241,6 +251,32 @@ async def test_boot_deadline_destroys_a_server_that_never_boots(tmp_path):
         assert any(h["status"] == "error" and "boot deadline" in (h["reason"] or "") for h in history)
 
 
+async def test_boot_deadline_destroys_a_boot_that_failed_and_spares_one_that_ran(tmp_path):
+    # An OCI error while booting: Vast shows the instance exited, we show `error`, and it
+    # would bill its disk for ever. Past the deadline it is destroyed like a slow boot.
+    async with fleet(tmp_path, sim_kw={"boot_seconds": 3600}, vast={"boot_deadline": 1.5}) as (sim, d), \
+            d.session() as api:
+        offers = await (await api.get("/api/vast-offers", params={"order": "price"})).json()
+        failed = await launch(api, offers[0]["offerId"])
+        sim.set_status(int(failed["vastId"]), "exited")
+        await wait_for(lambda: _status(api, failed["id"], "error"), timeout=10)
+        # One that comes up in time and fails later is an ordinary failure: kept.
+        ran = await launch(api, offers[1]["offerId"])
+        sim.set_boot_seconds(int(ran["vastId"]), 0)
+        await wait_for(lambda: _status(api, ran["id"], "running"), timeout=10)
+        sim.set_status(int(ran["vastId"]), "exited")
+        await wait_for(lambda: _status(api, ran["id"], "error"), timeout=10)
+
+        await wait_for(lambda: _status(api, failed["id"], "destroyed"), timeout=10)
+        assert int(failed["vastId"]) not in sim.instances
+        audit = await (await api.get("/api/audit-logs", params={"action": "server.boot_timeout"})).json()
+        assert [(a["targetId"], a["actor"], a["details"]["status"]) for a in audit] == \
+            [(str(failed["id"]), "system", "error")]
+        await asyncio.sleep(2.0)  # past its own deadline too: still there
+        assert (await server(api, ran["id"]))["status"] == "error"
+        assert int(ran["vastId"]) in sim.instances
+
+
 async def _status(api, sid, status):
     s = await server(api, sid)
     return s if s["status"] == status else None
@@ -261,6 +297,20 @@ async def test_adoption_and_vanished_instances(tmp_path):
         sim.instances.pop(ours)
         await fleet_svc.sync_once()
         assert (await server(api, listed[0]["id"]))["status"] == "destroyed"
+        audit = await (await api.get("/api/audit-logs", params={"action": "server.vanished"})).json()
+        assert [(a["targetId"], a["actor"], a["details"]["vastId"]) for a in audit] == \
+            [(str(listed[0]["id"]), "system", ours)]
+
+        # An instance of a row we destroyed, still listed (a destroy Vast lost): destroyed
+        # again, and the audit log says so.
+        db = d.app[keys.DB]
+        row = await db.fetchone("SELECT label FROM servers WHERE id = ?", (listed[0]["id"],))
+        again = sim.add_instance(label=row["label"], status="running")
+        await fleet_svc.sync_once()
+        assert again not in sim.instances or sim.instances[again].phase != "running"
+        audit = await (await api.get("/api/audit-logs", params={"action": "server.destroy_lingering"})).json()
+        assert [(a["targetId"], a["outcome"], a["details"]["vastId"]) for a in audit] == \
+            [(str(listed[0]["id"]), "success", again)]
 
 
 async def test_one_paged_list_per_sync_for_60_servers(tmp_path):

@@ -526,8 +526,13 @@ class FleetService:
         if patch.setup_status is not None:
             fields["setup_status"] = str(patch.setup_status)
         async with self._lock:
-            row = await self.row(server_id)
-            row = await self._change(row, fields, "updated through the API" if "setup_status" in fields else None)
+            old = await self.row(server_id)
+            row = await self._change(old, fields, "updated through the API" if "setup_status" in fields else None)
+        if row is not old and row["setup_status"] == old["setup_status"]:
+            # Only the name or metadata changed: no history, but subscribers hear of it.
+            self.bus.publish(SERVER_STATUS, ServerStatusData(
+                server_id=server_id, status=row["status"], setup_status=row["setup_status"],
+                reason="updated: " + ", ".join(k for k in ("name", "metadata") if row[k] != old[k])))
         return to_wire(row)
 
     async def _power(self, row, target: ServerStatus) -> None:
@@ -656,9 +661,13 @@ class FleetService:
                     await self._change(row, {"status": str(ServerStatus.DESTROYED), "destroyed_at": now_iso(),
                                              "comfy_url": None}, "instance no longer listed by Vast")
                     report.vanished.append(row["id"])
-                elif age > UNCONFIRMED_GRACE:
+                    await self.audit.record("server.vanished", target_type="server", target_id=row["id"],
+                                            details={"vastId": row["vast_id"], "previousStatus": row["status"]})
+                elif age > UNCONFIRMED_GRACE and row["status"] != ServerStatus.ERROR:
                     await self._change(row, {"status": str(ServerStatus.ERROR)},
                                        "launch never confirmed by Vast")
+                    await self.audit.record("server.launch_unconfirmed", target_type="server", target_id=row["id"],
+                                            outcome="failure", details={"label": row["label"]})
         await self._enforce_boot_deadline(report)
         self.last_sync = report
         return report
@@ -687,27 +696,42 @@ class FleetService:
         """An instance whose row we destroyed is still listed: it may still bill. Destroy again."""
         if map_status(inst) == ServerStatus.DESTROYED:
             return
+        row = await store.by_label(self.db, inst.label)
+        target = row["id"] if row is not None else None
         try:
             await self._need_vast().destroy_instance(inst.id)
             log.warning("destroyed a lingering instance vast_id=%s label=%s", inst.id, inst.label)
         except VastError as exc:
             log.warning("could not destroy lingering instance vast_id=%s error=%s", inst.id, exc)
+            await self.audit.record("server.destroy_lingering", target_type="server", target_id=target,
+                                    outcome="failure", details={"vastId": inst.id, "error": str(exc)[:200]})
+        else:
+            await self.audit.record("server.destroy_lingering", target_type="server", target_id=target,
+                                    details={"vastId": inst.id, "label": inst.label})
 
     async def _enforce_boot_deadline(self, report: SyncReport) -> None:
         deadline = self.settings.vast.boot_deadline
         now = self.clock()
         for row in await store.list_vast_live(self.db):
-            if row["status"] not in TRANSITIONING:
+            failed_boot = row["status"] in (ServerStatus.ERROR, ServerStatus.OFFLINE) and row["vast_id"] is not None
+            if row["status"] not in TRANSITIONING and not failed_boot:
                 continue
-            if now - _epoch(row["boot_started_at"] or row["created_at"]) <= deadline:
+            started = row["boot_started_at"] or row["created_at"]
+            if now - _epoch(started) <= deadline:
                 continue
+            if failed_boot and (not self.settings.vast.destroy_on_boot_timeout or await self.db.scalar(
+                    "SELECT 1 FROM server_status_history WHERE server_id = ? AND status = 'running' AND at >= ? "
+                    "LIMIT 1", (row["id"], started))):
+                continue  # it ran since this boot began: a later failure, not a boot that never came up
             report.timed_out.append(row["id"])
             reason = f"not running after {deadline:g} s (boot deadline)"
-            async with self._lock:
-                fresh = await store.get(self.db, row["id"])
-                await self._change(fresh, {"status": str(ServerStatus.ERROR)}, reason)
+            if not failed_boot:
+                async with self._lock:
+                    fresh = await store.get(self.db, row["id"])
+                    await self._change(fresh, {"status": str(ServerStatus.ERROR)}, reason)
             await self.audit.record("server.boot_timeout", target_type="server", target_id=row["id"],
-                                    details={"deadline": deadline, "destroy": self.settings.vast.destroy_on_boot_timeout})
+                                    details={"deadline": deadline, "destroy": self.settings.vast.destroy_on_boot_timeout,
+                                             "status": str(row["status"])})
             if self.settings.vast.destroy_on_boot_timeout:
                 try:
                     await self.destroy(row["id"], reason)
