@@ -220,6 +220,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.BUS] = EventBus(settings.events.ring_size)
     app[keys.LIMITER] = RateLimiter(settings.limits)
+    app[keys.REFUSALS_AUDITED] = {}
     app[keys.EXTRAS] = {}
     app[keys.METRICS] = Metrics()
     app[keys.BUS].add_listener(app[keys.METRICS].on_event)

@@ -4,6 +4,7 @@ limits and their headers, API keys, sessions and the audit trail."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import subprocess
@@ -135,6 +136,14 @@ async def test_rate_limits_per_category_with_headers(tmp_path):
                     statuses.append(r.status)
                     assert r.headers["X-RateLimit-Limit"] == "10"
             assert statuses[:10] != [429] * 10 and statuses[10] == 429
+            for _ in range(3):  # refused again and again: audited once, not once per refusal
+                async with admin2.delete("/api/vast-servers/999999") as r:
+                    assert r.status == 429
+            # (read from the database: this principal's reads are over their limit too)
+            rows = [(r["outcome"], json.loads(r["details"])) for r in await d.app[keys.DB].fetchall(
+                "SELECT outcome, details FROM audit_logs WHERE action = 'server.destroy' ORDER BY id")]
+            assert len(rows) == 11 and [x["status"] for _, x in rows].count(429) == 1
+            assert rows[-1][0] == "denied" and rows[-1][1]["code"] == "RATE_LIMIT_EXCEEDED"
             # image generation: 5/min
             statuses = []
             for _ in range(6):

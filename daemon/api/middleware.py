@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import time
 
 from aiohttp import web
 
@@ -14,12 +15,13 @@ from socialsync.daemon import keys
 from socialsync.daemon.api.registry import AUTH_FAILURE, IDENTITY, REQUEST_ID, client_addr
 from socialsync.daemon.errors import AppError, RateLimited
 from socialsync.daemon.services.auth import Identity
-from socialsync.daemon.services.ratelimit import Decision, category_for
+from socialsync.daemon.services.ratelimit import MUTATING, Decision, category_for
 
 log = logging.getLogger(__name__)
 
 RATELIMIT = web.RequestKey("ratelimit", Decision)
 SESSION_COOKIE = "socialsync_session"
+REFUSAL_AUDIT_QUIET = 60.0  # seconds without an audited 429 before the next one is
 API_KEY_HEADER = "X-API-Key"
 
 
@@ -117,13 +119,36 @@ async def identity_middleware(request: web.Request, handler) -> web.StreamRespon
         decision = request.app[keys.LIMITER].hit(identity.rate_key, category_for(request.method, request.path))
         request[RATELIMIT] = decision
         if not decision.allowed:
-            raise RateLimited(
+            exc = RateLimited(
                 "Too many requests",
                 f"limit is {decision.limit} per {request.app[keys.LIMITER].settings.window_seconds:g} s; "
                 f"retry in {decision.retry_after:.0f} s",
                 headers={"Retry-After": str(max(1, int(decision.retry_after + 0.999)))},
             )
+            await _audit_refusal(request, identity.rate_key, exc)
+            raise exc
     return await handler(request)
+
+
+async def _audit_refusal(request: web.Request, principal: str, exc: RateLimited) -> None:
+    """A refused mutating request is audited like any other, but once per principal and
+    route while the refusals go on (a flood of 429s must not become a flood of rows):
+    the next row comes after a minute without one."""
+    refuse = getattr(request.match_info.handler, "audit_refusal", None)
+    if refuse is None or request.method not in MUTATING:
+        return
+    seen = request.app[keys.REFUSALS_AUDITED]
+    key = (principal, request.method, request.match_info.route.resource.canonical
+           if request.match_info.route.resource is not None else request.path)
+    now = time.monotonic()
+    last = seen.get(key)
+    seen[key] = now
+    if last is not None and now - last < REFUSAL_AUDIT_QUIET:
+        return
+    if len(seen) > 10_000:  # forget the oldest half: the map stays small under any flood
+        for old in sorted(seen, key=seen.__getitem__)[:5_000]:
+            del seen[old]
+    await refuse(request, exc)
 
 
 async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:

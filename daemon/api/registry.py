@@ -203,7 +203,15 @@ def make_handler(spec: RouteSpec, audit_hook: Callable[..., Awaitable[None]]) ->
             await audit_hook(ctx, None)
         return response
 
+    async def audit_refusal(request: web.Request, exc: BaseException) -> None:
+        """The audit row of a request refused before it reached this route (rate limit)."""
+        if audited:
+            ctx = Ctx(request, spec, request[IDENTITY])
+            ctx.audit["denied"] = True
+            await audit_hook(ctx, exc)
+
     handle.spec = spec  # type: ignore[attr-defined]
+    handle.audit_refusal = audit_refusal  # type: ignore[attr-defined]
     return handle
 
 
