@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from socialsync.common.wire import QueryModel, RequestModel, WireModel
 
@@ -46,9 +47,38 @@ class Server(WireModel):
     status_message: str | None = None
     server_url: str | None = None
     ssh_connection: str | None = None
+    comfy_auth: str | None = Field(default=None, description="'basic' or 'bearer' when the daemon sends this "
+                                   "server's ComfyUI credentials of its own (never shown)")
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
+
+
+class ComfyAuth(RequestModel):
+    """Credentials for one server's ComfyUI, when it sits behind an authenticating proxy:
+    ``username`` and ``password`` (basic) or ``token`` (bearer). ``{}`` removes them (the
+    settings' ``comfy`` credentials, if any, apply again). Stored by the daemon, never
+    shown, logged or audited."""
+
+    username: str | None = Field(default=None, min_length=1, max_length=200)
+    password: SecretStr | None = Field(default=None, max_length=500)
+    token: SecretStr | None = Field(default=None, min_length=1, max_length=2000)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ComfyAuth:
+        if self.token is not None and (self.username is not None or self.password is not None):
+            raise ValueError("give username and password, or a token, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+    def stored(self) -> str | None:
+        """The column's JSON; None when empty."""
+        if self.token is not None:
+            return json.dumps({"token": self.token.get_secret_value()})
+        if self.username is not None and self.password is not None:
+            return json.dumps({"username": self.username, "password": self.password.get_secret_value()})
+        return None
 
 
 class ServerCreate(RequestModel):
@@ -60,6 +90,8 @@ class ServerCreate(RequestModel):
     name: str | None = Field(default=None, min_length=1, max_length=100)
     disk: float | None = Field(default=None, ge=8, le=4096, description="GB")
     env: dict[str, str] | None = None
+    comfy_auth: ComfyAuth | None = Field(default=None, description="if the image puts ComfyUI behind a proxy "
+                                         "that wants credentials")
 
     @field_validator("offer_id", mode="before")
     @classmethod
@@ -88,11 +120,14 @@ class ServerUpdate(RequestModel):
     metadata: dict[str, Any] | None = None
     name: str | None = Field(default=None, min_length=1, max_length=100)
     status: ServerStatus | None = Field(default=None, description="'stopped' or 'running' only")
+    comfy_auth: ComfyAuth | None = Field(default=None, description="replace this server's ComfyUI credentials; "
+                                         "{} removes them")
 
 
 class ServerAttach(RequestModel):
     name: str = Field(min_length=1, max_length=100)
     comfy_url: str = Field(min_length=8, max_length=500, description="http(s)://host:port of ComfyUI")
+    comfy_auth: ComfyAuth | None = None
 
 
 class ServerListQuery(QueryModel):

@@ -133,8 +133,9 @@ async def _fleet(app: web.Application) -> AsyncIterator[None]:
     install_id = await servers_store.install_id(app[keys.DB])
     fleet = FleetService(app[keys.DB], app[keys.BUS], app[keys.AUDIT], settings, app[keys.VAST], install_id)
     app[keys.FLEET] = fleet
+    await fleet.load_comfy_auth()
     app[keys.COMFY] = ComfyPool(app[keys.HTTP], settings.comfy, client_id=f"socialsync-{install_id}",
-                                on_call=app[keys.METRICS].on_comfy_call)
+                                on_call=app[keys.METRICS].on_comfy_call, auth_for=fleet.comfy_auth.get)
     readiness = Readiness(fleet, app[keys.COMFY], settings.comfy)
     app[keys.READINESS] = readiness
     await readiness.start()

@@ -72,6 +72,53 @@ async def test_attached_comfyui_becomes_ready(tmp_path):
         await comfy.stop()
 
 
+async def test_per_server_comfyui_credentials(tmp_path):
+    # Two boxes behind authenticating proxies, each with its own credentials; the daemon
+    # sends each its own, never shows them, and probes again when they change.
+    token = "tok-5f1e9a-not-a-real-one"
+    bearer = ComfySim(tmp_path / "m1", step_time=0.01, seed_models=True, bearer_token=token)
+    basic = ComfySim(tmp_path / "m2", step_time=0.01, seed_models=True, basic_auth=("olga", "pw-83c1b7"))
+    for sim in (bearer, basic):
+        await sim.start("127.0.0.1", 0)
+    try:
+        async with fleet(tmp_path, comfy=FAST) as (_sim, d), d.session() as api:
+            events = d.app[keys.BUS].subscribe(5000)
+            async with api.post("/api/vast-servers/attach", json={
+                    "name": "proxied", "comfyUrl": basic.base_url,
+                    "comfyAuth": {"username": "olga", "password": "pw-83c1b7"}}) as r:
+                assert r.status == 201, await r.text()
+                body = await r.json()
+            assert body["comfyAuth"] == "basic"
+            await wait_for(lambda: _setup(api, body["id"], "ready"))
+
+            async with api.post("/api/vast-servers/attach", json={"name": "tokened", "comfyUrl": bearer.base_url}) as r:
+                sid = (await r.json())["id"]
+            failed = await wait_for(lambda: _setup(api, sid, "failed"), timeout=6)  # 401 without the token
+            assert failed["comfyAuth"] is None
+            async with api.patch(f"/api/vast-servers/{sid}", json={"comfyAuth": {"token": token}}) as r:
+                assert r.status == 200 and (await r.json())["comfyAuth"] == "bearer"
+            await wait_for(lambda: _setup(api, sid, "ready"), timeout=3)  # probed again at once
+
+            async with api.patch(f"/api/vast-servers/{sid}", json={"comfyAuth": {"token": "x", "username": "y"}}) as r:
+                assert r.status == 400 and (await r.json())["code"] == "VALIDATION_ERROR"
+            async with api.patch(f"/api/vast-servers/{sid}", json={"comfyAuth": {}}) as r:
+                assert r.status == 200 and (await r.json())["comfyAuth"] is None  # removed: 401 again
+            await wait_for(lambda: _setup(api, sid, "installing") or _setup(api, sid, "failed"), timeout=3)
+
+            # Nowhere to be seen: responses, audit rows, events.
+            listed = await (await api.get("/api/vast-servers")).text()
+            audit = await (await api.get("/api/audit-logs", params={"limit": 500})).text()
+            seen = []
+            while not events.queue.empty():
+                e = events.queue.get_nowait()
+                seen.append(str(e.data))
+            for secret in (token, "pw-83c1b7"):
+                assert secret not in listed and secret not in audit and not any(secret in x for x in seen)
+    finally:
+        for sim in (bearer, basic):
+            await sim.stop()
+
+
 async def _setup(api, sid, setup):
     s = await server(api, sid)
     return s if s["setupStatus"] == setup else None

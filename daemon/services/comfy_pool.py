@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 import aiohttp
 
 from socialsync.daemon.comfy.client import ComfyClient, OnCall
@@ -10,24 +13,34 @@ from socialsync.daemon.settings import ComfySettings
 
 class ComfyPool:
     def __init__(self, session: aiohttp.ClientSession, settings: ComfySettings, client_id: str,
-                 on_call: OnCall | None = None):
+                 on_call: OnCall | None = None, auth_for: Callable[[int], str | None] | None = None):
         self.session = session
         self.on_call = on_call  # metrics hook, given to every client
         self.settings = settings
         self.client_id = client_id
-        self._clients: dict[tuple[int, str], ComfyClient] = {}
+        # A server's own credentials (the JSON of its comfy_auth column), else the settings'.
+        self.auth_for = auth_for
+        self._clients: dict[tuple[int, str, str | None], ComfyClient] = {}
 
     def client(self, server_id: int, base_url: str) -> ComfyClient:
-        key = (server_id, base_url)
+        own = self.auth_for(server_id) if self.auth_for is not None else None
+        key = (server_id, base_url, own)
         found = self._clients.get(key)
         if found is None:
             for old in [k for k in self._clients if k[0] == server_id]:
                 del self._clients[old]
             s = self.settings
-            auth = None
-            if s.username and s.password is not None:
+            auth, token = None, None
+            if own is not None:
+                creds = json.loads(own)
+                if "token" in creds:
+                    token = creds["token"]
+                else:
+                    auth = (creds["username"], creds["password"])
+            elif s.username and s.password is not None:
                 auth = (s.username, s.password.get_secret_value())
-            token = s.token.get_secret_value() if s.token is not None and auth is None else None
+            elif s.token is not None:
+                token = s.token.get_secret_value()
             found = ComfyClient(base_url, session=self.session, client_id=self.client_id, auth=auth,
                                 bearer_token=token, timeout=s.request_timeout, on_call=self.on_call)
             self._clients[key] = found

@@ -155,10 +155,17 @@ def to_wire(row) -> Server:
         status_message=row["setup_message"] if row["setup_status"] == "failed" else row["status_message"],
         server_url=row["comfy_url"],
         ssh_connection=ssh,
+        comfy_auth=_auth_kind(row["comfy_auth"]),
         metadata=orjson.loads(row["metadata"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def _auth_kind(stored: str | None) -> str | None:
+    if not stored:
+        return None
+    return "bearer" if "token" in orjson.loads(stored) else "basic"
 
 
 def offer_to_wire(offer) -> Offer:
@@ -247,7 +254,20 @@ class FleetService:
         self._rows: dict[int, Any] = {}
         self._rows_epoch = 0
         self._onstart_additions: list[Callable[[ServerCreate], str | None]] = []
+        #: server id -> the JSON of its own ComfyUI credentials (the comfy_auth column)
+        self.comfy_auth: dict[int, str] = {}
         self.last_sync: SyncReport | None = None
+
+    async def load_comfy_auth(self) -> None:
+        rows = await self.db.fetchall("SELECT id, comfy_auth FROM servers WHERE comfy_auth IS NOT NULL "
+                                      "AND status != 'destroyed'")
+        self.comfy_auth = {r["id"]: r["comfy_auth"] for r in rows}
+
+    def _set_comfy_auth(self, server_id: int, stored: str | None) -> None:
+        if stored is None:
+            self.comfy_auth.pop(server_id, None)
+        else:
+            self.comfy_auth[server_id] = stored
 
     # -- labels --------------------------------------------------------------------
     @property
@@ -458,9 +478,10 @@ class FleetService:
             "onstart": req.on_start_script, "disk": req.disk or self.settings.vast.default_disk,
             "status": str(ServerStatus.LAUNCHING), "setup_status": str(SetupStatus.PENDING),
             "metadata": "{}", "created_at": now, "updated_at": now, "last_activity_at": now,
-            "boot_started_at": now,
+            "boot_started_at": now, "comfy_auth": req.comfy_auth.stored() if req.comfy_auth else None,
         }
         server_id = await store.insert_with_history(self.db, row, "launch requested")
+        self._set_comfy_auth(server_id, row["comfy_auth"])
         label = self.label_for(server_id)
         self._forget_row(server_id)
         await store.update(self.db, server_id, {"label": label})
@@ -525,14 +546,20 @@ class FleetService:
             fields["metadata"] = orjson.dumps({**orjson.loads(row["metadata"]), **patch.metadata}).decode()
         if patch.setup_status is not None:
             fields["setup_status"] = str(patch.setup_status)
+        if patch.comfy_auth is not None:
+            fields["comfy_auth"] = patch.comfy_auth.stored()
         async with self._lock:
             old = await self.row(server_id)
             row = await self._change(old, fields, "updated through the API" if "setup_status" in fields else None)
-        if row is not old and row["setup_status"] == old["setup_status"]:
-            # Only the name or metadata changed: no history, but subscribers hear of it.
+            if row["comfy_auth"] != old["comfy_auth"]:
+                self._set_comfy_auth(server_id, row["comfy_auth"])
+                await self._notify(old, row)  # readiness probes again with them
+        changed = [k for k in ("name", "metadata", "comfy_auth") if row[k] != old[k]]
+        if changed and row["setup_status"] == old["setup_status"]:
+            # Only the name, metadata or credentials changed: no history, but subscribers hear of it.
             self.bus.publish(SERVER_STATUS, ServerStatusData(
                 server_id=server_id, status=row["status"], setup_status=row["setup_status"],
-                reason="updated: " + ", ".join(k for k in ("name", "metadata") if row[k] != old[k])))
+                reason="updated: " + ", ".join(k.replace("comfy_auth", "ComfyUI credentials") for k in changed)))
         return to_wire(row)
 
     async def _power(self, row, target: ServerStatus) -> None:
@@ -610,8 +637,10 @@ class FleetService:
             "kind": "attached", "name": req.name, "comfy_url": url, "status": str(ServerStatus.RUNNING),
             "setup_status": str(SetupStatus.PENDING), "metadata": "{}", "created_at": now, "updated_at": now,
             "running_since": now, "last_activity_at": now,
+            "comfy_auth": req.comfy_auth.stored() if req.comfy_auth else None,
         }
         server_id = await store.insert_with_history(self.db, row, "attached")
+        self._set_comfy_auth(server_id, row["comfy_auth"])
         new = await self.row(server_id)
         self.bus.publish(SERVER_STATUS, ServerStatusData(server_id=server_id, status=ServerStatus.RUNNING,
                                                          setup_status=SetupStatus.PENDING, reason="attached"))

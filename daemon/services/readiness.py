@@ -71,10 +71,11 @@ class Readiness:
     def _on_change(self, old, new) -> None:
         # Runs inside the fleet's lock: only schedule here, never await the fleet.
         if new["status"] == ServerStatus.RUNNING and new["comfy_url"]:
-            url_changed = old is not None and old["comfy_url"] != new["comfy_url"]
-            if url_changed:
+            # A new address or new credentials: probe again from the start, failed or not.
+            again = old is not None and (old["comfy_url"] != new["comfy_url"] or old["comfy_auth"] != new["comfy_auth"])
+            if again:
                 self._cancel(new["id"])
-            if new["setup_status"] == SetupStatus.FAILED and (old is None or old["status"] == ServerStatus.RUNNING):
+            elif new["setup_status"] == SetupStatus.FAILED and (old is None or old["status"] == ServerStatus.RUNNING):
                 return
             self._ensure(new)
         else:
