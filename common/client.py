@@ -313,7 +313,8 @@ class DaemonClient:
                 raw = await resp.read()
                 status, reason, ctype = resp.status, resp.reason or "", resp.content_type
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-            raise DaemonUnavailable(f"{method} {self.url(path)}: {exc or type(exc).__name__}") from exc
+            why = f"no answer in {self.timeout:g} s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            raise DaemonUnavailable(f"{method} {self.url(path)}: {why}") from exc
         body: Any = None
         if raw:
             if ctype == "application/json":
@@ -339,6 +340,16 @@ class DaemonClient:
 
     async def snapshot_raw(self) -> dict[str, Any]:
         return await self.request("GET", "/api/events/snapshot")
+
+    async def missed_events(self, since: int, epoch: str | None) -> dict[str, Any] | None:
+        """``{seq, epoch, events}``: the events after ``since`` from the daemon's replay
+        ring; None when it cannot replay them (gone from the ring, or another epoch)."""
+        try:
+            return await self.request("GET", "/api/events", params={"since": since, "epoch": epoch})
+        except ApiError as exc:
+            if exc.status == 409:
+                return None
+            raise
 
     def events(
         self,

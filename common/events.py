@@ -97,6 +97,15 @@ class SnapshotResponse(WireModel):
     snapshot: Snapshot
 
 
+class MissedEvents(WireModel):
+    """``GET /api/events?since=SEQ&epoch=E``: the events after ``since`` still in the
+    replay ring (what a ZeroMQ subscriber missed while away), and the seq they reach."""
+
+    seq: int
+    epoch: str
+    events: list[dict[str, Any]] = Field(description="Envelopes {type, data, seq, ts}, oldest first")
+
+
 class EventsInfo(WireModel):
     """``GET /api/events/info``: where the live streams are and where they stand."""
 

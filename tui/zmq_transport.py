@@ -8,6 +8,11 @@ import ``zmq``). The zguide "Clone" order:
 4. hand the stream a ``hello`` with it, then every message; the stream drops events
    with ``seq`` ≤ the snapshot's and re-snapshots on a gap (``resync``).
 
+Reconnecting after a drop (``open(since, epoch)``) resumes instead of step 3: the
+events after ``since`` come from the daemon's replay ring (``GET /api/events``) behind
+a resumed ``hello``; if the ring no longer has them, or the daemon restarted, a
+``resnapshot`` and a fresh snapshot follow, as over ``/ws``.
+
 It subscribes to every topic and lets the stream filter, because gap detection needs
 the whole sequence. Heartbeats also bound how long a dead daemon goes unnoticed.
 
@@ -92,6 +97,19 @@ class ZmqTransport(EventTransport):
             first = await self._recv_raw()
         except TransportClosed as exc:
             raise TransportClosed(f"no message from {endpoint}: {exc.reason}", fallback=True) from exc
+        if since is not None:
+            # Back from a drop: what was published meanwhile comes from the daemon's ring
+            # (GET /api/events); the stream drops what the socket then repeats.
+            missed = await self.client.missed_events(since, epoch)
+            if missed is not None:
+                self._pending.append({"type": HELLO, "data": {"seq": since, "epoch": missed["epoch"],
+                                                              "resumed": True, "snapshot": None},
+                                      "seq": since, "ts": ""})
+                self._pending.extend(missed["events"])
+                self._pending.append(first)
+                return
+            self._pending.append({"type": RESNAPSHOT, "data": {"since": since, "reason": "the events missed are "
+                                  "no longer buffered, or the daemon restarted"}, "seq": since, "ts": ""})
         self._pending.append(await self._hello())
         self._pending.append(first)
 

@@ -15,10 +15,11 @@ import orjson
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from socialsync.common.events import LOG, EventFilter, EventsInfo, SnapshotResponse
+from socialsync.common.events import LOG, EventFilter, EventsInfo, MissedEvents, SnapshotResponse
 from socialsync.common.wire import QueryModel
 from socialsync.daemon import keys
 from socialsync.daemon.api.registry import Ctx, Routes
+from socialsync.daemon.errors import Conflict
 from socialsync.daemon.events.hub import WebSocketHub
 from socialsync.daemon.events.zmq_pub import PathTooLong, ZmqPublisher, default_endpoint
 from socialsync.daemon.logs import EventLogHandler
@@ -78,6 +79,24 @@ async def events_info(ctx: Ctx) -> EventsInfo:
         zmq_endpoint=publisher.endpoint if publisher is not None else None,
         zmq_heartbeat=publisher.heartbeat if publisher is not None else None,
     )
+
+
+class MissedQuery(QueryModel):
+    since: int = Field(ge=0, description="The last seq the client has")
+    epoch: str | None = Field(default=None, max_length=64, description="The epoch that seq belongs to")
+
+
+@routes.get("/api/events", query=MissedQuery, response=MissedEvents, errors=(409,))
+async def missed_events(ctx: Ctx) -> web.Response:
+    """The events after ``since`` (a ZeroMQ subscriber back from a drop resumes with
+    them); 409 when they are no longer buffered or the daemon restarted: take a snapshot."""
+    hub: WebSocketHub = ctx[keys.HUB]
+    events, reason = hub.missed(ctx.query.since, ctx.query.epoch)
+    if events is None:
+        raise Conflict("Cannot resume", reason or "take a snapshot")
+    body = b'{"seq":%d,"epoch":%s,"events":[%s]}' % (
+        events[-1].seq if events else ctx.query.since, orjson.dumps(hub.epoch), b",".join(e.json for e in events))
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.get("/api/events/snapshot", response=SnapshotResponse)

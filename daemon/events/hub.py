@@ -378,12 +378,17 @@ class WebSocketHub:
             return f"seq {since} is ahead of the daemon's {self.bus.seq}: it restarted"
         return None
 
-    async def _resume(self, client: _Client, since: int, epoch: str | None) -> None:
+    def missed(self, since: int, epoch: str | None) -> tuple[list[Event] | None, str | None]:
+        """The events after ``since`` from the ring, or (None, why they cannot be replayed)."""
         reason = self._why_not_resumable(since, epoch)
         events = None if reason else self.bus.since(since)
+        if events is None and reason is None:
+            reason = f"events after seq {since} are no longer buffered (oldest kept: {self.oldest_seq})"
+        return events, reason
+
+    async def _resume(self, client: _Client, since: int, epoch: str | None) -> None:
+        events, reason = self.missed(since, epoch)
         if events is None:
-            if reason is None:
-                reason = f"events after seq {since} are no longer buffered (oldest kept: {self.oldest_seq})"
             await self._send_control(client, RESNAPSHOT, {"since": since, "reason": reason})
             await self._send_hello(client)
             return
