@@ -149,6 +149,7 @@ async def _generations(app: web.Application) -> AsyncIterator[None]:
     active is reconciled before the first generate is accepted."""
     settings = app[keys.SETTINGS]
     workflows = WorkflowService(app[keys.DB])
+    await workflows.seed_builtin()
     app[keys.WORKFLOWS] = workflows
     generations = GenerationService(app[keys.DB], app[keys.BUS], app[keys.FLEET], app[keys.COMFY],
                                     app[keys.READINESS], workflows, ImageStore(settings.images_dir))

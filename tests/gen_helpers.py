@@ -18,9 +18,10 @@ from socialsync.daemon.sim.comfyui import ComfySim
 FAST = {"probe_interval": 0.05, "probe_interval_max": 0.2, "health_interval": 0.2, "ready_deadline": 1.5,
         "request_timeout": 5.0}
 FINAL = ("completed", "failed", "cancelled")
-SEED_EXAMPLE = {
+SEED_EXAMPLE = {  # the API document's example body, exactly (workflow 1: the built-in txt2img)
     "prompt": "beautiful landscape mountain view",
     "negativePrompt": "blurry, low quality",
+    "workflowId": 1,
     "parameters": {"width": 512, "height": 512, "steps": 20, "cfg_scale": 7.5, "sampler": "euler_a"},
 }
 

@@ -35,8 +35,17 @@ def renumbered() -> dict:
 
 
 async def test_crud_and_inferred_mapping(daemon, admin):
+    # A fresh daemon has one: the built-in txt2img as workflow 1 (the API document's
+    # example request names it).
     async with admin.get("/api/workflows") as r:
-        assert r.status == 200 and await r.json() == []
+        listed = await r.json()
+        assert r.status == 200 and [(w["id"], w["name"]) for w in listed] == [(1, "txt2img (built-in)")]
+    assert listed[0]["mapping"]["prompt"] == [{"node": "6", "input": "text"}]
+    async with admin.delete("/api/workflows/1") as r:
+        assert r.status == 200  # the operator's to change or delete
+    await daemon.app[keys.WORKFLOWS].seed_builtin()  # (each start calls it)
+    async with admin.get("/api/workflows") as r:
+        assert await r.json() == []  # deleted stays deleted
     graph = renumbered()
     async with admin.post("/api/workflows", json={"name": "portrait", "description": "v1.5", "graph": graph}) as r:
         created = await r.json()
@@ -72,7 +81,7 @@ async def test_crud_and_inferred_mapping(daemon, admin):
             assert r.status == 404 and (await r.json())["code"] == "NOT_FOUND"
     rows = await daemon.app[keys.DB].fetchall(
         "SELECT action, outcome FROM audit_logs WHERE action LIKE 'workflow.%' ORDER BY id")
-    assert [(a["action"], a["outcome"]) for a in rows][:3] == [
+    assert [(a["action"], a["outcome"]) for a in rows][:4] == [("workflow.delete", "success"),  # the built-in
         ("workflow.create", "success"), ("workflow.update", "success"), ("workflow.delete", "success")]
 
 

@@ -61,6 +61,9 @@ BUILTIN_MAPPING: Mapping = {
     "checkpoint": [{"node": "4", "input": "ckpt_name"}],
 }
 BUILTIN_OUTPUT_NODE = "9"
+BUILTIN_NAME = "txt2img (built-in)"
+BUILTIN_DESCRIPTION = ("The daemon's default graph (used when a request names no workflow): checkpoint, "
+                       "prompt, negative prompt, size, batch, steps, cfg, sampler, scheduler, seed.")
 
 # Inputs of the common sampler nodes, by parameter.
 _SAMPLER_INPUTS = {
@@ -306,6 +309,24 @@ class WorkflowService:
 
     async def get(self, workflow_id: int) -> Workflow:
         return to_wire(await self._row(workflow_id))
+
+    async def seed_builtin(self) -> None:
+        """Once per installation: the built-in txt2img graph stored as workflow 1, so
+        the API document's example request (``"workflowId": 1``) works on a fresh daemon.
+        Changed or deleted later, it stays as the operator left it."""
+        graph = orjson.dumps(BUILTIN_GRAPH).decode()
+        mapping = orjson.dumps(BUILTIN_MAPPING).decode()
+
+        def seed(conn) -> None:
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'builtin_workflow'").fetchone() is not None:
+                return
+            conn.execute("INSERT INTO meta (key, value) VALUES ('builtin_workflow', '1')")
+            if conn.execute("SELECT 1 FROM workflows WHERE id = 1").fetchone() is None:
+                now = now_iso()
+                conn.execute("INSERT INTO workflows (id, name, description, graph, mapping, created_at, updated_at) "
+                             "VALUES (1, ?, ?, ?, ?, ?, ?)", (BUILTIN_NAME, BUILTIN_DESCRIPTION, graph, mapping, now, now))
+
+        await self.db.run(seed)
 
     async def create(self, req: WorkflowCreate) -> Workflow:
         validate_graph(req.graph)
