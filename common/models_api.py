@@ -86,8 +86,9 @@ def url_problem(url: str) -> str | None:
         return f"is longer than {MAX_URL} characters"
     if CONTROL.search(url) or any(c.isspace() for c in url):
         return "contains whitespace or control characters"
-    # '?' and '&' are URL syntax inside the query (Civitai's downloads need them); the URL
-    # reaches the server over stdin, never a command line, and is quoted all the same.
+    # '?' and '&' are URL syntax inside the query (Civitai's downloads need them): allowed
+    # there only. The URL reaches the server over stdin (fetch_model's options), never a
+    # command line, so no shell ever sees it.
     base, _, query = url.partition("?")
     problem = _metachars(base) or _metachars(query, allowed="?&")
     if problem:

@@ -63,11 +63,13 @@ def test_refusals_carry_every_reason():
 
 def test_the_command_line_is_fixed_text_and_quoted_values():
     settings = ModelSettings(hf_token=SecretStr(HF_TOKEN), comfy_root="/opt/ComfyUI")
-    spec = check_download(req(url="https://huggingface.co/a/b/resolve/main/m+1.safetensors", sha256="f" * 64))
+    spec = check_download(req(url="https://huggingface.co/a/b/resolve/main/m+1.safetensors?sig=s3cr3t&x=1",
+                              sha256="f" * 64))
     command = fetch_command(settings, spec)
     assert shlex.split(command) == ["python3", "-u", "-c", BOOTSTRAP, "/opt/ComfyUI/models/checkpoints",
-                                    "m+1.safetensors", spec.url, "f" * 64]
-    assert HF_TOKEN not in command and "Bearer" not in command
+                                    "m+1.safetensors", "f" * 64]
+    # Neither the token nor the URL (a signed URL's query is a credential) is on it.
+    assert HF_TOKEN not in command and "Bearer" not in command and "s3cr3t" not in command
 
 
 def test_tokens_go_only_to_their_hub_over_https_or_loopback():
@@ -117,10 +119,10 @@ def test_host_keys_are_trusted_on_first_use_and_pinned(tmp_path):
 
 
 async def run_fetch(dest: Path, filename: str, url: str, digest: str | None, **opts) -> tuple[int, list[dict]]:
-    options = {"authorization": None, "auth_hosts": [], "progress_interval": 0.01, "stall_timeout": 5,
+    options = {"url": url, "authorization": None, "auth_hosts": [], "progress_interval": 0.01, "stall_timeout": 5,
                "attempts": 2, **opts}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-u", "-c", BOOTSTRAP, str(dest), filename, url, digest or "-",
+        sys.executable, "-u", "-c", BOOTSTRAP, str(dest), filename, digest or "-",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(fetch_stdin(fetch_program(), options).encode()), 30)
     assert not err, err.decode()

@@ -5,10 +5,12 @@ Not imported by the daemon: its text is written to the SSH channel's stdin after
 length line, and a fixed one-line bootstrap on the command line runs it. Standard library
 only; runs on Python 3.8+.
 
-    argv:  DEST_DIR FILENAME URL SHA256|-
+    argv:  DEST_DIR FILENAME SHA256|-
     stdin: one JSON line after the program:
-           {"authorization": str|null, "auth_hosts": [..], "progress_interval": s,
+           {"url": str, "authorization": str|null, "auth_hosts": [..], "progress_interval": s,
             "stall_timeout": s, "attempts": n, "user_agent": str}
+           (the URL too: a signed URL's query is a credential, and a command line is
+           visible to every process on the server and logged)
 
 The file is fetched into ``DEST_DIR/.FILENAME.part`` with HTTP Range resume, checked
 against SHA256 when given, and renamed to ``DEST_DIR/FILENAME`` only when complete and
@@ -206,13 +208,16 @@ def fetch_once(opener, url, part, opts, want_sha, state):
 
 
 def main():
-    if len(sys.argv) != 5:
-        raise Fail("bad_args", "usage: DEST_DIR FILENAME URL SHA256|-")
-    dest, filename, url, want = sys.argv[1:5]
+    if len(sys.argv) != 4:
+        raise Fail("bad_args", "usage: DEST_DIR FILENAME SHA256|- (the URL and options on stdin)")
+    dest, filename, want = sys.argv[1:4]
     want = None if want == "-" else want.lower()
     if "/" in filename or filename.startswith(".") or ".." in filename:
         raise Fail("bad_args", "bad file name")
     opts = json.loads(sys.stdin.readline() or "{}")
+    url = opts.get("url")
+    if not isinstance(url, str) or not url:
+        raise Fail("bad_args", "no URL on stdin")
     os.makedirs(dest, exist_ok=True)
     final = os.path.join(dest, filename)
     part = os.path.join(dest, "." + filename + ".part")

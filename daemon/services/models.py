@@ -167,9 +167,10 @@ def authorization_for(url: str, models: ModelSettings) -> tuple[str | None, list
 
 
 def fetch_command(models: ModelSettings, spec: DownloadSpec) -> str:
-    """The whole command line: fixed text and quoted, validated values. No secret."""
+    """The whole command line: fixed text and quoted, validated values. No secret, and
+    no URL (a signed URL's query is one): that goes over stdin with the options."""
     dest = posixpath.join(models.comfy_root.rstrip("/") or "/", "models", spec.folder)
-    argv = [models.python, "-u", "-c", BOOTSTRAP, dest, spec.filename, spec.url, spec.sha256 or "-"]
+    argv = [models.python, "-u", "-c", BOOTSTRAP, dest, spec.filename, spec.sha256 or "-"]
     return " ".join(shlex.quote(a) for a in argv)
 
 
@@ -610,7 +611,7 @@ class ModelService:
     def _stdin(self, spec: DownloadSpec) -> str:
         authorization, hosts = authorization_for(spec.url, self.models)
         opts = {
-            "authorization": authorization, "auth_hosts": hosts,
+            "url": spec.url, "authorization": authorization, "auth_hosts": hosts,
             "progress_interval": self.models.progress_interval, "stall_timeout": self.models.stall_timeout,
             "attempts": 3, "user_agent": f"socialsync/{__version__}",
         }
