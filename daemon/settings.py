@@ -166,7 +166,9 @@ class SchedulerSettings(BaseModel):
     webhook_retry_base: float = Field(default=2.0, gt=0)
     webhook_retry_max: float = Field(default=300.0, gt=0)
     webhook_timeout: float = Field(default=10.0, gt=0)
-    deadman_timeout: float | None = Field(default=None, gt=0, description="seconds without a lease; None = off")
+    deadman_timeout: float | None = Field(default=1800.0, ge=0,
+                                          description="seconds without a lease before a launched server stops "
+                                                      "itself; 0 or null: no dead-man switch")
     deadman_renew_interval: float = Field(default=60.0, gt=0)
     deadman_grace: float = Field(default=3600.0, ge=0, description="extra time for the first lease after boot")
     deadman_check_interval: int = Field(default=15, ge=1, le=600, description="the container's check period")

@@ -49,13 +49,19 @@ async def test_instance_stops_itself_after_the_daemon_dies(tmp_path):
         await provider.close()
 
 
-async def test_switch_is_off_by_default(tmp_path):
+async def test_switch_is_on_by_default_and_can_be_turned_off(tmp_path):
     sim = VastSim(api_key=VAST_KEY, boot_seconds=0.3, catalog=demo_catalog())
     await sim.start()
     try:
-        async with running_daemon(tmp_path / "state", vast=vast_settings(sim)) as d, d.session() as api:
-            offer = next(iter(sim.offers))
-            async with api.post("/api/vast-servers", json={"offerId": str(offer)}) as r:
+        offers = iter(sim.offers)
+        async with running_daemon(tmp_path / "on", vast=vast_settings(sim)) as d, d.session() as api:
+            async with api.post("/api/vast-servers", json={"offerId": str(next(offers))}) as r:
+                launched = await r.json()
+            onstart = sim.instances[int(launched["vastId"])].onstart
+            assert d.app[keys.DEADMAN].enabled and MARKER in onstart and "TIMEOUT=1800 " in onstart
+        async with running_daemon(tmp_path / "off", vast=vast_settings(sim), scheduler={"deadman_timeout": 0}) as d, \
+                d.session() as api:
+            async with api.post("/api/vast-servers", json={"offerId": str(next(offers))}) as r:
                 launched = await r.json()
             assert sim.instances[int(launched["vastId"])].onstart is None
             assert not d.app[keys.DEADMAN].enabled

@@ -62,7 +62,7 @@ async def test_launch_runs_then_stop_start_and_destroy(tmp_path):
         create = sim.requests_for("create")
         assert len(create) == 1
         sent = create[0].json
-        assert sent["env"]["-p 8188:8188"] == "1" and sent["onstart"] == "echo hi"
+        assert sent["env"]["-p 8188:8188"] == "1" and sent["onstart"].startswith("echo hi\n# socialsync-deadman")
         assert sent["label"] == d.app[keys.FLEET].label_for(sid) and sent["image"] == "comfy/comfy:1"
 
         s = await wait_for(lambda: _running(api, sid))

@@ -82,7 +82,7 @@ class DeadmanService:
 
     @property
     def enabled(self) -> bool:
-        return self.scheduler.deadman_timeout is not None
+        return bool(self.scheduler.deadman_timeout)
 
     def addition(self, req: ServerCreate) -> str | None:
         """The fleet's onstart hook: the loop to append to a launched server's onstart."""
