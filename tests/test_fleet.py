@@ -277,6 +277,23 @@ async def test_boot_deadline_destroys_a_boot_that_failed_and_spares_one_that_ran
         assert int(ran["vastId"]) in sim.instances
 
 
+async def test_starting_without_billing_is_a_clear_409(tmp_path):
+    # Vast answers a start on an account without billing/credit with 400 missing_billing
+    # (reference §7): the operator gets 409 INSUFFICIENT_CREDIT, not a 502.
+    async with fleet(tmp_path) as (sim, d), d.session() as api:
+        launched = await launch(api, (await first_offer(api))["offerId"])
+        await wait_for(lambda: _status(api, launched["id"], "running"))
+        async with api.patch(f"/api/vast-servers/{launched['id']}", json={"status": "stopped"}) as r:
+            assert r.status == 200
+        sim.credit = 0
+        async with api.patch(f"/api/vast-servers/{launched['id']}", json={"status": "running"}) as r:
+            body = await r.json()
+            assert r.status == 409 and body["code"] == "INSUFFICIENT_CREDIT", body
+        refused = sim.requests_for("manage")[-1]
+        assert refused.json == {"state": "running"} and refused.status == 400
+        assert (await server(api, launched["id"]))["status"] == "stopped"
+
+
 async def _status(api, sid, status):
     s = await server(api, sid)
     return s if s["status"] == status else None

@@ -382,7 +382,7 @@ async def test_transport_failures_retried_for_idempotent_calls(sim):
 async def test_success_false_raises(sim, client, clock):
     iid = await _running_instance(sim, client, clock)
     sim.inject_success_false("manage", error="missing_billing", msg="Add a payment method first.")
-    with pytest.raises(VastBadRequestError) as exc:
+    with pytest.raises(VastInsufficientCreditError) as exc:  # reference §7: billing missing (stop/start)
         await client.stop_instance(iid)
     assert exc.value.status == 200 and exc.value.error_code == "missing_billing"
     assert sim.instances[iid].intended == "running"

@@ -2061,7 +2061,9 @@ class VastSim:
             self._tear_down(inst)
         elif state == "running" and (inst.intended != "running" or inst.phase == "stopped"):
             if self._credit <= 0 and not self.debit_mode:
-                return _err(400, "insufficient_credit", "Insufficient credit to start the instance.")
+                # Reference §7: stop/start without billing answer 400 missing_billing.
+                return _err(400, "missing_billing", "No billing on the account (or no credit left) to start "
+                            "the instance.")
             inst.intended, inst.note, inst.fault = "running", None, None
             hold = self._holds.pop(ident, self.scheduling_seconds if self.scheduling_seconds > 0 else 0.0)
             start = float(self.start_seconds if self.start_seconds is not None else 0.5 * self._boot(inst))

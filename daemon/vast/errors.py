@@ -203,7 +203,7 @@ def _shorten(text: str, limit: int = 300) -> str:
 
 def _mentions_credit(code: str | None, msg: str) -> bool:
     hay = f"{code or ''} {msg}".lower()
-    return "credit" in hay or "insufficient_balance" in hay
+    return "credit" in hay or "insufficient_balance" in hay or "missing_billing" in hay
 
 
 def _parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
