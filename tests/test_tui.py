@@ -12,10 +12,25 @@ from pathlib import Path
 import aiohttp
 import pytest
 from harness import running_daemon
-from tui_helpers import DaemonProcess, FakeDaemon, cell_text, fixed_clock, server_json, text_of, until
+from textual.widgets import DataTable, Footer, TabbedContent
+from tui_helpers import (
+    ACTIVE_GENERATIONS,
+    NOW_TS,
+    DaemonProcess,
+    FakeDaemon,
+    cell_text,
+    fixed_clock,
+    screen_lines,
+    server_json,
+    text_of,
+    until,
+)
 
+from socialsync.common.client import Disconnected
 from socialsync.common.errors import ApiError
 from socialsync.tui.app import SocialSyncApp
+from socialsync.tui.commands import SocialSyncCommands
+from socialsync.tui.screens import server_detail
 from socialsync.tui.screens.dialogs import ConfirmDialog
 from socialsync.tui.screens.generate import GenerateScreen
 from socialsync.tui.screens.generation_detail import GenerationDetailScreen
@@ -41,8 +56,8 @@ def banner(app: SocialSyncApp) -> ConnectionBanner:
     return app.screen.query_one(ConnectionBanner)
 
 
-def drawn_row(table: FleetTable, sid: int) -> str:
-    """The text the table draws for a server's row (the header is the first line)."""
+def drawn_row(table: DataTable, sid: int) -> str:
+    """The text the table draws for a row (the header is the first line)."""
     return table.render_line(1 + table.get_row_index(str(sid)) - int(table.scroll_y)).text
 
 
@@ -336,8 +351,6 @@ async def test_disconnect_banner_and_palette_commands():
         await pilot.pause(0.5)
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, LaunchScreen))
-        from socialsync.tui.commands import SocialSyncCommands
-
         provider = SocialSyncCommands(app.screen)
         titles = {t for t, _, _ in provider.commands()}
         assert {"Back", "Search", "Sort", "Rent", "Fleet", "Generations", "Logs", "Quit", "Reconnect now"} <= titles
@@ -383,3 +396,188 @@ async def test_daemon_errors_never_crash():
         status = launch.query_one("#offer-status")
         await until(pilot, lambda: "[RATE_LIMIT_EXCEEDED]" in text_of(status))
         assert app.is_running
+
+
+def download_event(did: int, status: str, *, name: str = "SDXL Turbo, fp16", folder: str = "checkpoints",
+                   filename: str = "sd_xl_turbo_1.0_fp16.safetensors", error: str | None = None, done: int = 0) -> dict:
+    """A ``model_download`` event's data, as the daemon sends it."""
+    return {"downloadId": did, "serverId": 1, "name": name, "folder": folder, "filename": filename,
+            "status": status, "bytesDone": done, "bytesTotal": 6_900_000_000, "rate": None, "error": error}
+
+
+async def test_server_downloads_grow_in_place_and_tabs_switch_by_key():
+    """A download's status or error that grows is drawn whole (its column widens), and the
+    line above the table follows the highlighted download as events change it. The tabs
+    switch with [ and ], and are in the palette."""
+    daemon = FakeDaemon()
+    app = fake_app(daemon)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await until(pilot, lambda: app.live.synced)
+        app.call_later(app.open_server, 1)
+        detail = await until(pilot, lambda: isinstance(app.screen, ServerDetailScreen) and app.screen)
+        downloads = detail.query_one("#downloads", DataTable)
+        await until(pilot, lambda: downloads.row_count == 1, what="the download listed")
+        tabs = detail.query_one(TabbedContent)
+        assert tabs.active == "tab-overview"
+        await pilot.press("right_square_bracket", "right_square_bracket", "right_square_bracket")
+        assert tabs.active == "tab-downloads"
+        await pilot.press("right_square_bracket")
+        assert tabs.active == "tab-overview"
+        await pilot.press("left_square_bracket")
+        assert tabs.active == "tab-downloads"
+        assert "running" in drawn_row(downloads, 2)
+
+        # "running" -> "completed": wider than anything the column had.
+        daemon.push("model_download", download_event(2, "completed", done=6_900_000_000))
+        await until(pilot, lambda: cell_text(downloads, "2", "status") == "completed")
+        await pilot.pause(0.1)
+        assert "completed" in drawn_row(downloads, 2)
+        status_line = detail.query_one("#downloads-status")
+        assert ": completed" in text_of(status_line)
+
+        # A new one goes on top, under the cursor: the line above says what it is doing,
+        # and its error, longer than the column's every value so far, is drawn whole.
+        lora = "detail_tweaker_xl.safetensors"
+        daemon.push("model_download", download_event(3, "queued", name="Detail tweaker", folder="loras", filename=lora))
+        await until(pilot, lambda: downloads.row_count == 2)
+        await until(pilot, lambda: f"#3 loras/{lora}: queued" in text_of(status_line), what="the new row's story")
+        error = "sha256 mismatch: expected 1f0c93ab, got 9ab27c01 (file removed)"
+        daemon.push("model_download", download_event(3, "failed", name="Detail tweaker", folder="loras", filename=lora,
+                                                      error=error))
+        await until(pilot, lambda: cell_text(downloads, "3", "status") == "failed")
+        await pilot.pause(0.1)
+        assert error in drawn_row(downloads, 3)
+        assert f"#3 loras/{lora}: failed — {error}" in text_of(status_line)
+
+        # The tabs are in the palette, by name.
+        commands = {t: run for t, run, _ in SocialSyncCommands(detail).commands()}
+        assert {"Next tab", "Previous tab", "Show the History tab", "Show the Models tab"} <= set(commands)
+        app.call_later(commands["Show the History tab"])  # as the palette runs it
+        await until(pilot, lambda: tabs.active == "tab-history")
+
+
+async def test_server_uptime_and_cost_tick(monkeypatch):
+    """The uptime and cost of a server's screen move with the clock, with no request."""
+    monkeypatch.setattr(server_detail, "TIME_TICK", 0.1)
+    now = [NOW_TS]
+    daemon = FakeDaemon()
+    app = SocialSyncApp(daemon, clock=lambda: now[0])  # type: ignore[arg-type]
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.live.synced and app.live.usage_now(1) is not None, what="usage figures")
+        app.call_later(app.open_server, 1)
+        detail = await until(pilot, lambda: isinstance(app.screen, ServerDetailScreen) and app.screen)
+        fields = detail.query_one("#server-fields")
+        await until(pilot, lambda: "3h01m running / $1.05 so far" in text_of(fields))
+        asked = len(daemon.requests)
+        now[0] += 3600
+        await until(pilot, lambda: "4h01m running / $1.40 so far" in text_of(fields), what="the uptime ticked")
+        assert len(daemon.requests) == asked
+
+
+async def test_banner_names_a_timeout_and_does_not_claim_now():
+    """A request to a daemon that hangs times out with no message: the banner says it
+    was not answered, and once the wait is over it says a try is under way, not "now"."""
+    daemon = FakeDaemon()
+    app = fake_app(daemon)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: app.connection.live)
+        daemon.queue.put_nowait(Disconnected("GET http://127.0.0.1:8420/api/events/info: ", None, 0.0, 2))
+        await until(pilot, lambda: banner(app).display)
+        text = text_of(banner(app))
+        assert "unreachable since 12:00:00 (no answer, timed out); retrying (attempt 2) …" in text
+        assert "now" not in text and "()" not in text
+        daemon.queue.put_nowait(Disconnected("connection refused", None, 4.0, 3))
+        await until(pilot, lambda: "attempt 3" in text_of(banner(app)))
+        assert "(connection refused); retrying in 4 s (attempt 3)." in text_of(banner(app))
+
+
+SCREENS_80 = ("fleet", "server", "generations", "generation", "logs", "launch", "generate")
+PALETTE_80 = {"server": {"Stop/Start", "Reboot", "Destroy", "Generate", "Get model", "Next tab", "Previous tab"},
+              "generation": {"Copy URL", "Save", "Cancel"}}
+
+
+async def test_every_footer_fits_80_columns():
+    """At 80x24 every screen's footer is whole: no key is cut or hidden under the palette
+    key, and "? Keys" and "q Quit" are there wherever the screen lets them work."""
+    daemon = FakeDaemon()
+    app = fake_app(daemon)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.live.synced and app.role == "admin")
+        seen = []
+        for name in SCREENS_80:
+            if name == "server":
+                app.call_later(app.open_server, 1)
+            elif name == "generation":
+                app.call_later(app.open_generation, 40)
+            elif name == "launch":
+                await pilot.press("l")
+            elif name == "generate":
+                app.call_later(app.action_generate, 1)
+            else:
+                app.call_later(app.switch_mode, {"fleet": "fleet", "generations": "generations", "logs": "logs"}[name])
+            await pilot.pause(0.4)
+            footer = app.screen.query_one(Footer)
+            keys = list(footer.query("FooterKey"))
+            palette = next(k for k in keys if k.has_class("-command-palette"))
+            line = screen_lines(app)[-1]
+            assert len(line) == 80
+            for key in keys:
+                if key is not palette:
+                    assert key.region.right <= palette.region.x, f"{name}: {key.description!r} cut at 80 columns"
+                    assert f"{key.key_display} {key.description}" in line, f"{name}: {line!r}"
+            if name != "generate":  # its form's inputs take the printable keys
+                assert "? Keys" in line and "q Quit" in line, f"{name}: {line!r}"
+            assert line.rstrip().endswith("^p palette"), f"{name}: {line!r}"
+            # What the footer leaves out is still in the palette.
+            titles = {t for t, _, _ in SocialSyncCommands(app.screen).commands()}
+            assert PALETTE_80.get(name, set()) <= titles, f"{name}: {PALETTE_80[name] - titles}"
+            seen.append(name)
+            if name in ("server", "generation", "launch", "generate"):
+                await pilot.press("escape")
+                await pilot.pause(0.2)
+        assert seen == list(SCREENS_80)
+
+
+async def test_viewer_sees_why_cancel_is_disabled_on_a_generation():
+    """A viewer key on a running generation: "x Cancel" is shown disabled, and the screen
+    says why."""
+    running = {**ACTIVE_GENERATIONS[0], "steps": 20, "step": 9}
+    daemon = FakeDaemon(role="viewer", extra={("GET", f"/api/generations/{running['id']}"): running})
+    app = fake_app(daemon)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.live.synced and app.role == "viewer")
+        app.call_later(app.open_generation, running["id"])
+        detail = await until(pilot, lambda: isinstance(app.screen, GenerationDetailScreen) and app.screen)
+        await until(pilot, lambda: detail.generation is not None, what="the generation loaded")
+        assert detail.generation["status"] == "processing" and not app.errors
+        notice = detail.query_one("RoleNotice")
+        assert notice.display
+        assert "viewer role, so cancelling is disabled" in text_of(notice)
+        assert any("viewer role" in line for line in screen_lines(app))  # on screen, not only in the tree
+        footer = detail.query_one(Footer)
+        cancel = await until(pilot, lambda: next((k for k in footer.query("FooterKey") if k.description == "Cancel"),
+                                                 None), what="the footer drawn")
+        await until(pilot, lambda: "x Cancel" in screen_lines(app)[-1], what="x Cancel in the footer")
+        assert cancel.has_class("-disabled")  # shown dimmed; the notice above says why
+
+
+@pytest.mark.parametrize("width", [80, 200])
+async def test_running_prompt_takes_the_free_width(width):
+    """A running generation's prompt fills the room its row has, and says "…" where cut."""
+    prompt = ("a lighthouse on a cliff at dusk, waves crashing below, oil painting, dramatic sky, "
+              "golden hour, highly detailed")  # 110 characters: whole at 200 columns, cut at 80
+    gens = [{**ACTIVE_GENERATIONS[0], "prompt": prompt}]
+    daemon = FakeDaemon(generations=gens)
+    app = fake_app(daemon)
+    async with app.run_test(size=(width, 24)) as pilot:
+        await until(pilot, lambda: app.live.synced)
+        await pilot.press("2")
+        await until(pilot, lambda: isinstance(app.screen, GenerationsScreen) and app.screen.query(GenerationRow))
+        await pilot.pause(0.3)
+        line = next(line for line in screen_lines(app) if "#41 " in line)
+        if width == 200:
+            assert f"#41 {prompt} " in line
+        else:
+            shown = line.split("#41 ", 1)[1].split("…", 1)[0]
+            assert "…" in line and prompt.startswith(shown) and len(shown) >= 20, line
+        assert "gpu-0001 · processing" in line and line.rstrip().endswith("45%")

@@ -313,6 +313,11 @@ def text_of(widget: Any, width: int = 200) -> str:
     return console.export_text()
 
 
+def screen_lines(app: Any) -> list[str]:
+    """The terminal as the user sees it now, one string a line (what a snapshot draws)."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
 def cell_text(table: Any, row_key: str, column: str) -> str:
     value = table.get_cell(row_key, column)
     return getattr(value, "plain", str(value))

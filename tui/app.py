@@ -159,7 +159,8 @@ class SocialSyncApp(App[int]):
                 delay = min(REFUSED_RETRY[1], REFUSED_RETRY[0] * 2**refused)
                 refused += 1
                 self.connection = Connection("refused", None, describe_error(exc), retry_in=delay,
-                                             attempt=refused, as_of=self._as_of(), last_seq=self.live.seq)
+                                             attempt=refused, as_of=self._as_of(), last_seq=self.live.seq,
+                                             retry_at=time.monotonic() + delay)
             except Exception as exc:  # anything else: say so, and try again
                 delay = min(REFUSED_RETRY[1], REFUSED_RETRY[0] * 2**refused)
                 refused += 1
@@ -176,7 +177,7 @@ class SocialSyncApp(App[int]):
         c = self.connection
         down_since = c.down_since if c.state in ("down", "resyncing") and c.down_since else self.clock()
         self.connection = Connection("down", c.transport, reason, down_since, retry_in, attempt,
-                                     self.live.seq, self._as_of())
+                                     self.live.seq, self._as_of(), time.monotonic() + retry_in)
 
     def _stream_item(self, item: Any) -> None:
         if isinstance(item, Envelope):

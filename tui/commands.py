@@ -1,9 +1,10 @@
 """The command palette: every action of the console, by name.
 
 The hits are the bindings in force on the current screen (the app's and the screen's,
-with their descriptions and keys, so the palette and the footer never disagree), plus
-"Open <server>" and "Generate on <server>" for each server. An action a viewer key may
-not use is listed with the reason instead of running."""
+with their descriptions and keys, so the palette and the footer never disagree), the
+screen's own ``palette_commands()`` (a server's tabs), plus "Open <server>" and
+"Generate on <server>" for each server. An action a viewer key may not use is listed
+with the reason instead of running."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ class SocialSyncCommands(Provider):
             else:
                 reason = VIEWER if app.read_only else "disabled here"
                 yield title, partial(app.notify, f"{title}: {reason}.", severity="warning"), f"{reason}"
+        extra = getattr(screen, "palette_commands", None)
+        for title, action, help_text in extra() if callable(extra) else ():
+            if title not in seen:
+                seen.add(title)
+                yield title, partial(screen.run_action, action), help_text
         yield "Fleet", partial(app.switch_mode, "fleet"), "the servers (key 1)"
         yield "Generations", partial(app.switch_mode, "generations"), "running and finished generations (key 2)"
         yield "Logs", partial(app.switch_mode, "logs"), "daemon events and audit entries (key 3)"

@@ -65,6 +65,9 @@ class Connection:
     attempt: int = 0
     last_seq: int | None = None
     as_of: float | None = None
+    #: When the next try starts (``time.monotonic()``), so the banner can count down to
+    #: it and then say a try is under way rather than a stale "in N s".
+    retry_at: float | None = None
 
     @property
     def live(self) -> bool:

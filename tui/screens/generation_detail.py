@@ -19,6 +19,7 @@ from socialsync.tui.format import GENERATION_STYLES, millis, size, stamp
 from socialsync.tui.screens.base import LiveScreen
 from socialsync.tui.state import ACTIVE, Changed
 from socialsync.tui.widgets.connection_banner import ConnectionBanner
+from socialsync.tui.widgets.role_notice import RoleNotice
 
 SAVE_DIR = Path("socialsync-images")
 
@@ -36,10 +37,12 @@ async def fetch_bytes(client: Any, path: str) -> bytes:
 
 
 class GenerationDetailScreen(LiveScreen):
+    # The footer must fit 80 columns: copying the URL (also enter on an image) is named
+    # in the images' title, the palette (ctrl+p) and the keys panel (?) instead.
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="generation.back"),
-        Binding("c", "copy_url", "Copy URL", id="generation.copy"),
-        Binding("s", "save", "Save images", id="generation.save"),
+        Binding("c", "copy_url", "Copy URL", id="generation.copy", show=False),
+        Binding("s", "save", "Save", id="generation.save"),
         Binding("x", "cancel_generation", "Cancel", id="generation.cancel"),
         Binding("ctrl+r", "refresh", "Refresh", id="generation.refresh", show=False),
     ]
@@ -52,6 +55,7 @@ class GenerationDetailScreen(LiveScreen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
+        yield RoleNotice(actions="cancelling")
         with VerticalScroll(id="generation-body"):
             yield Label(f"Generation #{self.generation_id}", id="generation-title", classes="section")
             yield ProgressBar(total=100, show_eta=False, id="generation-progress")

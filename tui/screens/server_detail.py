@@ -34,18 +34,26 @@ from socialsync.tui.state import Changed
 from socialsync.tui.widgets.connection_banner import ConnectionBanner
 from socialsync.tui.widgets.role_notice import RoleNotice
 
+TIME_TICK = 5.0  # seconds between redraws of uptime and cost, as on the fleet (no request: the local clock)
+TABS = (("tab-overview", "Overview"), ("tab-history", "History"), ("tab-models", "Models"),
+        ("tab-downloads", "Downloads"))
 DOWNLOAD_COLUMNS = (("id", "#"), ("name", "Model"), ("folder", "Folder"), ("status", "Status"), ("done", "Done"),
                     ("rate", "Rate"), ("error", "Error"))
 
 
 class ServerDetailScreen(LiveScreen):
+    # The footer must fit 80 columns: the actions that also have a button on the Overview
+    # tab (stop/start, reboot, destroy) and the tab keys are not in it; every one is in
+    # the palette (ctrl+p) and in the keys panel (?).
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="server.back"),
-        Binding("t", "stop_start", "Stop/Start", id="server.stop_start"),
-        Binding("b", "reboot", "Reboot", id="server.reboot"),
-        Binding("d", "destroy", "Destroy", id="server.destroy"),
+        Binding("t", "stop_start", "Stop/Start", id="server.stop_start", show=False),
+        Binding("b", "reboot", "Reboot", id="server.reboot", show=False),
+        Binding("d", "destroy", "Destroy", id="server.destroy", show=False),
         Binding("g", "generate", "Generate", id="server.generate"),
         Binding("m", "download_model", "Get model", id="server.download_model"),
+        Binding("right_square_bracket", "next_tab", "Next tab", id="server.next_tab", show=False),
+        Binding("left_square_bracket", "previous_tab", "Previous tab", id="server.previous_tab", show=False),
         Binding("ctrl+r", "refresh", "Refresh", id="server.refresh", show=False),
     ]
 
@@ -97,6 +105,13 @@ class ServerDetailScreen(LiveScreen):
         self.load_history()
         self.load_models()
         self.load_downloads()
+        if self.ss.time_ticks:
+            self.set_interval(TIME_TICK, self._tick)
+
+    def _tick(self) -> None:
+        """Uptime and cost move with the clock: recompute them from the figures known here."""
+        if self.server is not None and self.live.usage_now(self.server_id) is not None:
+            self.show_server()
 
     # -- loading ------------------------------------------------------------------------
 
@@ -171,6 +186,7 @@ class ServerDetailScreen(LiveScreen):
         head.append(setup, style=SETUP_STYLES.get(setup, ""))
         if self.gone:
             head.append("  — destroyed", style="bold red")
+        head.append("   [ ] switch tabs", style="dim")  # the tab keys are not in the footer: no room at 80 columns
         title.update(head)
         usage = self.live.usage_now(s.id)
         grid = Table.grid(padding=(0, 2))
@@ -229,13 +245,16 @@ class ServerDetailScreen(LiveScreen):
             key = str(d["id"])
             if key in table.rows:
                 for column, value in cells.items():
-                    table.update_cell(key, column, value)
+                    # A status or an error that grows must widen its column, not be cut.
+                    table.update_cell(key, column, value, update_width=True)
             else:
                 table.add_row(*cells.values(), key=key)
                 added = True
         if added:
             table.sort("id", key=lambda v: -int(v))
         table.border_title = f"{len(rows)} download(s)"
+        if table.row_count:
+            self._show_download_status(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
 
     def on_live_changed(self, message: Changed) -> None:
         if message.usage:
@@ -264,8 +283,11 @@ class ServerDetailScreen(LiveScreen):
 
     @on(DataTable.RowHighlighted, "#downloads")
     def _download_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        """The whole story of the highlighted download (its error does not fit a cell)."""
-        key = event.row_key.value
+        self._show_download_status(event.row_key.value)
+
+    def _show_download_status(self, key: str | None) -> None:
+        """The whole story of the highlighted download (its error does not fit a cell),
+        redrawn when the cursor moves and when the download changes."""
         d = self.live.downloads.get(self.server_id, {}).get(int(key)) if key is not None else None
         if not d:
             return
@@ -280,6 +302,28 @@ class ServerDetailScreen(LiveScreen):
     def _button(self, event: Button.Pressed) -> None:
         action = (event.button.id or "").removeprefix("a-")
         self.run_action(action)
+
+    # -- tabs ---------------------------------------------------------------------------
+
+    def _step_tab(self, step: int) -> None:
+        tabs = self.query_one(TabbedContent)
+        ids = [tab_id for tab_id, _ in TABS]
+        i = ids.index(tabs.active) if tabs.active in ids else 0
+        tabs.active = ids[(i + step) % len(ids)]
+
+    def action_next_tab(self) -> None:
+        self._step_tab(1)
+
+    def action_previous_tab(self) -> None:
+        self._step_tab(-1)
+
+    def action_show_tab(self, tab_id: str) -> None:
+        self.query_one(TabbedContent).active = tab_id
+
+    def palette_commands(self) -> list[tuple[str, str, str]]:
+        """(title, action, help) the palette offers on this screen besides its bindings."""
+        return [(f"Show the {label} tab", f"show_tab('{tab_id}')", "key ] next tab, key [ previous")
+                for tab_id, label in TABS]
 
     def action_refresh(self) -> None:
         self.load_server()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Label, ProgressBar
 
-from socialsync.tui.format import shorten
 from socialsync.tui.state import GenerationLive
 
 
@@ -18,7 +18,7 @@ class GenerationRow(Horizontal, can_focus=True):
     DEFAULT_CSS = """
     GenerationRow { height: 1; width: 1fr; }
     GenerationRow:focus { background: $boost; }
-    GenerationRow .gen-prompt { width: 1fr; min-width: 10; }
+    GenerationRow .gen-prompt { width: 1fr; min-width: 10; text-wrap: nowrap; text-overflow: ellipsis; }
     GenerationRow .gen-meta { width: auto; padding: 0 1; color: $text-muted; }
     GenerationRow ProgressBar { width: 28; }
     GenerationRow ProgressBar Bar { width: 20; }
@@ -54,10 +54,14 @@ class GenerationRow(Horizontal, can_focus=True):
         return self._bar.progress
 
     def show(self, g: GenerationLive, server_name: str) -> None:
-        prompt = g.prompt if g.prompt is not None else "…"
-        self._prompt.update(f"#{g.id} {shorten(prompt, 60)}")
+        # The whole prompt (one line): it takes the width the row has free and ends with
+        # "…" where it is cut.
+        prompt = " ".join(g.prompt.split()) if g.prompt is not None else "…"
+        self._prompt.update(Text(f"#{g.id} {prompt}"))
+        # While it runs, the step says so (and leaves the prompt more room); otherwise the status.
+        state = "" if g.status == "processing" and g.steps else f" · {g.status}"
         step = f" · step {g.step}/{g.steps}" if g.steps else ""
-        self._meta.update(f"{server_name}{step} · {g.status}")
+        self._meta.update(f"{server_name}{step}{state}")
         self._bar.update(progress=g.progress)
         for status in ("completed", "failed", "cancelled"):
             self.set_class(g.status == status, f"-{status}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
-READ_ONLY = ("Read-only: this key has the viewer role, so {actions} are disabled. "
+READ_ONLY = ("Read-only: this key has the viewer role, so {actions} {are} disabled. "
              "Ask an admin for an operator key.")
 
 
@@ -27,4 +27,5 @@ class RoleNotice(Static):
     def _show(self, role: str | None) -> None:
         shown = role == "viewer"
         self.set_class(shown, "-shown")
-        self.update(READ_ONLY.format(actions=self.actions) if shown else "")
+        are = "are" if " and " in self.actions or self.actions.endswith("s") else "is"
+        self.update(READ_ONLY.format(actions=self.actions, are=are) if shown else "")
