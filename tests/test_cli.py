@@ -155,6 +155,30 @@ def test_generate_wait_follows_progress_and_prints_image_urls(fleet):
     assert any(line.split()[:3] == [str(gid), str(sid), "completed"] for line in human.stdout.splitlines())
 
 
+def test_generate_through_the_fleet_queue_and_show_the_queue(fleet):
+    sid = ready_server(fleet)
+    # No SERVER_ID: the daemon's queue picks the ready server; --wait follows it to the end.
+    r = fleet.cli("generate", "a harbour at dawn", "--steps", "3", "--priority", "5", "--wait")
+    assert r.returncode == 0, r.stderr
+    gid = int(re.search(r"generation (\d+) completed", r.stderr).group(1))
+    g = fleet.api("GET", f"/api/generations/{gid}")
+    assert (g["status"], g["serverId"]) == ("completed", sid)
+    assert r.stdout.split() and all(u.startswith(fleet.url + "/api/images/") for u in r.stdout.split())
+    # One that no server can run waits; the queue says why.
+    r = fleet.cli("generate", "a lighthouse", "--checkpoint", "nowhere.safetensors", "--json")
+    assert r.returncode == 0, r.stderr
+    waiting = json.loads(r.stdout)["generationId"]
+    human, as_json = fleet.cli("queue"), fleet.cli("queue", "--json")
+    assert human.returncode == 0 and as_json.returncode == 0, human.stderr + as_json.stderr
+    assert [i["generationId"] for i in json.loads(as_json.stdout)["items"]] == [waiting]
+    line = next(x for x in human.stdout.splitlines() if x.split()[:1] == [str(waiting)])
+    assert "no ready server has nowhere.safetensors" in line
+    # Queue-only options with a server are a usage error (exit 2), nothing sent.
+    bad = fleet.cli("generate", str(sid), "x", "--priority", "3")
+    assert bad.returncode == 2 and "leave out SERVER_ID" in bad.stderr
+    assert fleet.cli("generations", "cancel", str(waiting)).returncode == 0
+
+
 def test_generate_wait_exits_4_when_the_generation_is_cancelled(fleet):
     sid = ready_server(fleet)
     waiting = fleet.cli_bg("generate", str(sid), "a very slow painting", "--steps", "150", "--wait")

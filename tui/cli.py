@@ -171,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--limit", type=int, default=20, metavar="N", help="at most N offers (default 20)")
 
     # generate
-    gen = command(sub, "generate", "generate images on a ready server", cmd_generate)
-    gen.add_argument("server_id", type=int, metavar="SERVER_ID")
+    gen = command(sub, "generate", "generate images on a ready server, or (no SERVER_ID) through the fleet queue",
+                  cmd_generate)
+    gen.add_argument("server_id", type=int, nargs="?", metavar="SERVER_ID",
+                     help="the server; without it the daemon's queue picks a ready one (POST /api/generate)")
     gen.add_argument("prompt", metavar="PROMPT", help="the prompt ('-': read it from stdin)")
     gen.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt")
     gen.add_argument("--width", type=int, metavar="W")
@@ -185,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--checkpoint", metavar="FILE", help="default: the server's first checkpoint")
     gen.add_argument("--batch-size", type=int, metavar="N")
     gen.add_argument("--workflow", type=int, metavar="ID", help="a stored workflow (default: built-in txt2img)")
+    gen.add_argument("--priority", type=int, metavar="N", help="queue only: higher goes first (default 0)")
+    gen.add_argument("--require", action="append", metavar="MODEL",
+                     help="queue only: a model file the server must have (repeatable)")
+    gen.add_argument("--webhook", metavar="URL", help="queue only: POSTed (signed) when it ends")
     gen.add_argument("--wait", action="store_true",
                      help="follow the generation's live events until it ends (progress on stderr), "
                           "then print the image URLs; exit 4 if it failed or was cancelled")
@@ -222,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # stats
     command(sub, "stats", "the dashboard figures: servers, queue, spend, credit", cmd_stats)
+    command(sub, "queue", "the fleet queue: waiting generations (position, estimated start, what they wait "
+            "for) and the dispatched ones", cmd_queue)
     return p
 
 
@@ -555,17 +563,43 @@ def _generate_body(a: argparse.Namespace) -> dict[str, Any]:
 async def cmd_generate(ctx: Ctx) -> int:
     a = ctx.args
     body = _generate_body(a)
-    path = f"/api/comfy/{a.server_id}/generate"
+    queued = a.server_id is None
+    if queued:
+        path = "/api/generate"
+        extra = {"priority": a.priority, "requiredModels": a.require, "webhookUrl": a.webhook}
+        body.update({k: v for k, v in extra.items() if v is not None})
+    elif a.priority is not None or a.require or a.webhook:
+        raise UsageError("--priority, --require and --webhook are for the fleet queue: leave out SERVER_ID")
+    else:
+        path = f"/api/comfy/{a.server_id}/generate"
     if not a.wait:
         started = await ctx.api("POST", path, json=body)
         if ctx.json:
             ctx.emit_json(started)
         else:
-            ctx.line(f"generation {started['generationId']} started on server {a.server_id} "
+            where = (f"queued at position {started.get('position', '?')}" if queued
+                     else f"started on server {a.server_id}")
+            ctx.line(f"generation {started['generationId']} {where} "
                      f"(estimated {started.get('estimatedTime', '?')}); follow it with `socialsync generations "
                      f"show {started['generationId']}` or `socialsync events`")
         return EXIT_OK
     return await wait_for_generation(ctx, path, body)
+
+
+async def cmd_queue(ctx: Ctx) -> int:
+    view = await ctx.api("GET", "/api/queue")
+    if ctx.json:
+        ctx.emit_json(view)
+        return EXIT_OK
+    ctx.line(f"{view['waiting']} waiting, {view['running']} dispatched; {view['servers']} ready server(s), "
+             f"{view['slots']} free slot(s) of {view['perServerConcurrency']} per server")
+    rows = [[str(i["generationId"]), str(i.get("position") or ""), i["status"], str(i.get("serverId") or ""),
+             i["principal"], str(i["priority"]), i.get("estimatedStart") or "", i.get("waitingFor") or ""]
+            for i in view["items"]]
+    if rows:
+        ctx.line(table(["ID", "POS", "STATUS", "SERVER", "PRINCIPAL", "PRIO", "EST. START", "WAITING FOR"], rows,
+                       right=(0, 1, 5)))
+    return EXIT_OK
 
 
 FINAL = ("completed", "failed", "cancelled")
@@ -582,9 +616,9 @@ async def wait_for_generation(ctx: Ctx, path: str, body: dict[str, Any]) -> int:
         Envelope,
     )
 
-    sid = ctx.args.server_id
+    sid = ctx.args.server_id  # None through the queue: the server is not known yet
     stream = ctx.client.events(types=[GENERATION_PROGRESS, GENERATION_COMPLETED, GENERATION_FAILED],
-                               server_ids=[sid], transport=ctx.args.transport)
+                               server_ids=[sid] if sid is not None else None, transport=ctx.args.transport)
     async with stream:
         async for item in stream:
             if isinstance(item, Hello):
