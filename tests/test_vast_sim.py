@@ -614,6 +614,8 @@ async def test_cli_runs_and_enforces_the_key():
         "0",
         "--api-key",
         "cli-key",
+        "--boot-seconds",
+        "0.3",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"},
@@ -630,7 +632,22 @@ async def test_cli_runs_and_enforces_the_key():
                 f"{line}/api/v0/bundles/", json={"limit": 2}, headers={"Authorization": "Bearer cli-key"}
             ) as r:
                 assert r.status == 200 and r.headers["Content-Type"] == "application/json"
-                assert len((await r.json())["offers"]) == 2
+                offer = (await r.json())["offers"][0]["id"]
+            # A rented instance's 8188/tcp leads to a ComfyUI simulator, as in the demo.
+            headers = {"Authorization": "Bearer cli-key"}
+            async with http.put(f"{line}/api/v0/asks/{offer}/", headers=headers,
+                                json={"image": "comfy", "disk": 20, "env": {"-p 8188:8188": "1"}}) as r:
+                assert r.status == 200, await r.text()
+                iid = (await r.json())["new_contract"]
+            for _ in range(100):
+                async with http.get(f"{line}/api/v0/instances/{iid}/", headers=headers) as r:
+                    inst = (await r.json())["instances"]
+                if inst and inst["actual_status"] == "running" and (inst.get("ports") or {}).get("8188/tcp"):
+                    break
+                await asyncio.sleep(0.1)
+            port = inst["ports"]["8188/tcp"][0]["HostPort"]
+            async with http.get(f"http://127.0.0.1:{port}/system_stats") as r:
+                assert r.status == 200 and "comfyui_version" in (await r.json())["system"]
     finally:
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), timeout=10)

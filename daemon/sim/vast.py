@@ -33,10 +33,12 @@ import re
 import secrets
 import shlex
 import signal
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -2234,6 +2236,13 @@ class VastSim:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    provider = None
+    scratch = None
+    if args.comfy:
+        from socialsync.daemon.demo import DemoComfyProvider  # imports this module: not at the top
+
+        scratch = tempfile.TemporaryDirectory(prefix="vast-sim-comfy-")
+        provider = DemoComfyProvider(Path(scratch.name), step_time=args.step_time)
     sim = VastSim(
         api_key=args.api_key,
         catalog=default_catalog(args.offers, seed=args.seed),
@@ -2241,6 +2250,7 @@ async def _serve(args: argparse.Namespace) -> None:
         credit=args.credit,
         auto_tick=1.0,
         seed=args.seed,
+        comfy_provider=provider,
     )
     await sim.start(args.host, args.port)
     print(sim.base_url, flush=True)
@@ -2255,6 +2265,10 @@ async def _serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await sim.stop()
+        if provider is not None:
+            await provider.close()
+        if scratch is not None:
+            scratch.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2269,6 +2283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--boot-seconds", type=float, default=45.0)
     parser.add_argument("--credit", type=float, default=25.0)
+    parser.add_argument("--no-comfy", dest="comfy", action="store_false",
+                        help="no ComfyUI simulator behind a running instance's 8188/tcp (default: one each)")
+    parser.add_argument("--step-time", type=float, default=0.05, help="seconds per sampler step of those simulators")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
