@@ -3,8 +3,11 @@ threshold, the scheduler rents the cheapest matching offer and the work runs on 
 
 from __future__ import annotations
 
+import asyncio
+
 from fleet_helpers import fleet, wait_for
 
+from socialsync.daemon import keys
 from socialsync.daemon.demo import DemoComfyProvider
 
 FAST = {"probe_interval": 0.05, "probe_interval_max": 0.2, "health_interval": 0.5, "ready_deadline": 10}
@@ -65,4 +68,32 @@ async def test_autoscale_waits_for_a_booting_server_instead_of_renting_more(tmp_
 
         await wait_for(completed, timeout=40, interval=0.2)
         assert len(sim.requests_for("create")) == 1  # the wait through loading/installing rented nothing more
+    await provider.close()
+
+
+async def test_autoscale_rents_nothing_for_work_no_server_of_the_fleet_could_run(tmp_path):
+    # A ready server, and an item asking for a checkpoint it does not have: one more
+    # server from the same image would not have it either, so nothing is rented.
+    provider = DemoComfyProvider(tmp_path / "comfy", step_time=0.01)
+    scheduler = {"autoscale": True, "queue_wait_threshold": 0.1, "autoscale_cooldown": 0,
+                 "autoscale_max_servers": 3, "safety_interval": 0.1}
+    async with fleet(tmp_path, sim_kw={"comfy_provider": provider}, comfy=FAST, scheduler=scheduler) as (sim, d), \
+            d.session() as api:
+        offers = await (await api.get("/api/vast-offers", params={"order": "price"})).json()
+        async with api.post("/api/vast-servers", json={"offerId": offers[0]["offerId"]}) as r:
+            sid = (await r.json())["id"]
+
+        async def ready():
+            async with api.get(f"/api/vast-servers/{sid}") as resp:
+                return (await resp.json())["setupStatus"] == "ready"
+
+        await wait_for(ready, timeout=15)
+        async with api.post("/api/generate", json={"prompt": "a harbour",
+                                                   "parameters": {"checkpoint": "nowhere.safetensors"}}) as r:
+            assert r.status == 202, await r.text()
+        scheduler_svc = d.app[keys.SCHEDULER]
+        await asyncio.sleep(0.5)  # well past the threshold
+        assert await scheduler_svc.oldest_wait() == 0.0
+        assert await scheduler_svc.autoscale_once() is None
+        assert len(sim.requests_for("create")) == 1  # only the one launched above
     await provider.close()

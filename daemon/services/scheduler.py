@@ -477,9 +477,19 @@ class Scheduler:
     # ------------------------------------------------------------------ autoscaling
 
     async def oldest_wait(self) -> float:
+        """How long the oldest item another server could help has waited. An item whose
+        checkpoint or models no ready server has is left out while servers are ready:
+        one more rented from the same image would not have them either."""
         if not self._items:
             return 0.0
-        oldest = min(item.created_at for item in self._items.values())
+        _, ready = await self._capacity()
+        items = list(self._items.values())
+        if ready:
+            presence = await store.model_presence(self.db)
+            items = [i for i in items if any(self._has_models(i, presence.get(sid)) for sid in ready)]
+        if not items:
+            return 0.0
+        oldest = min(item.created_at for item in items)
         return (datetime.now(UTC) - datetime.fromisoformat(oldest)).total_seconds()
 
     async def _autoscale_loop(self) -> None:
