@@ -32,6 +32,7 @@ from socialsync.tui.app import SocialSyncApp
 from socialsync.tui.commands import SocialSyncCommands
 from socialsync.tui.screens import server_detail
 from socialsync.tui.screens.dialogs import ConfirmDialog
+from socialsync.tui.screens.fleet import FleetScreen
 from socialsync.tui.screens.generate import GenerateScreen
 from socialsync.tui.screens.generation_detail import GenerationDetailScreen
 from socialsync.tui.screens.generations import GenerationsScreen
@@ -430,8 +431,7 @@ async def test_server_downloads_grow_in_place_and_tabs_switch_by_key():
         # "running" -> "completed": wider than anything the column had.
         daemon.push("model_download", download_event(2, "completed", done=6_900_000_000))
         await until(pilot, lambda: cell_text(downloads, "2", "status") == "completed")
-        await pilot.pause(0.1)
-        assert "completed" in drawn_row(downloads, 2)
+        await until(pilot, lambda: "completed" in drawn_row(downloads, 2), what="drawn whole")
         status_line = detail.query_one("#downloads-status")
         assert ": completed" in text_of(status_line)
 
@@ -445,8 +445,7 @@ async def test_server_downloads_grow_in_place_and_tabs_switch_by_key():
         daemon.push("model_download", download_event(3, "failed", name="Detail tweaker", folder="loras", filename=lora,
                                                       error=error))
         await until(pilot, lambda: cell_text(downloads, "3", "status") == "failed")
-        await pilot.pause(0.1)
-        assert error in drawn_row(downloads, 3)
+        await until(pilot, lambda: error in drawn_row(downloads, 3), what="the error drawn whole")
         assert f"#3 loras/{lora}: failed — {error}" in text_of(status_line)
 
         # The tabs are in the palette, by name.
@@ -492,6 +491,9 @@ async def test_banner_names_a_timeout_and_does_not_claim_now():
 
 
 SCREENS_80 = ("fleet", "server", "generations", "generation", "logs", "launch", "generate")
+SCREEN_CLASSES = {"fleet": FleetScreen, "server": ServerDetailScreen, "generations": GenerationsScreen,
+                  "generation": GenerationDetailScreen, "logs": LogsScreen, "launch": LaunchScreen,
+                  "generate": GenerateScreen}
 PALETTE_80 = {"server": {"Stop/Start", "Reboot", "Destroy", "Generate", "Get model", "Next tab", "Previous tab"},
               "generation": {"Copy URL", "Save", "Cancel"}}
 
@@ -515,7 +517,10 @@ async def test_every_footer_fits_80_columns():
                 app.call_later(app.action_generate, 1)
             else:
                 app.call_later(app.switch_mode, {"fleet": "fleet", "generations": "generations", "logs": "logs"}[name])
-            await pilot.pause(0.4)
+            # Wait for the screen and its footer to be drawn (a loaded machine takes a while).
+            await until(pilot, lambda name=name: isinstance(app.screen, SCREEN_CLASSES[name])
+                        and screen_lines(app)[-1].rstrip().endswith("^p palette"), what=f"{name} drawn")
+            await pilot.pause(0.1)
             footer = app.screen.query_one(Footer)
             keys = list(footer.query("FooterKey"))
             palette = next(k for k in keys if k.has_class("-command-palette"))
@@ -573,8 +578,8 @@ async def test_running_prompt_takes_the_free_width(width):
         await until(pilot, lambda: app.live.synced)
         await pilot.press("2")
         await until(pilot, lambda: isinstance(app.screen, GenerationsScreen) and app.screen.query(GenerationRow))
-        await pilot.pause(0.3)
-        line = next(line for line in screen_lines(app) if "#41 " in line)
+        line = await until(pilot, lambda: next((x for x in screen_lines(app) if "#41 " in x and x.rstrip().endswith("45%")),
+                                               None), what="the running row drawn")
         if width == 200:
             assert f"#41 {prompt} " in line
         else:
