@@ -445,7 +445,9 @@ async def test_server_downloads_grow_in_place_and_tabs_switch_by_key():
         daemon.push("model_download", download_event(3, "failed", name="Detail tweaker", folder="loras", filename=lora,
                                                       error=error))
         await until(pilot, lambda: cell_text(downloads, "3", "status") == "failed")
-        await until(pilot, lambda: error in drawn_row(downloads, 3), what="the error drawn whole")
+        # Its column widened to the whole error (what is past the pane's edge scrolls into view).
+        assert cell_text(downloads, "3", "error") == error
+        await until(pilot, lambda: downloads.columns["error"].content_width >= len(error), what="the column widened")
         assert f"#3 loras/{lora}: failed — {error}" in text_of(status_line)
 
         # The tabs are in the palette, by name.
