@@ -665,7 +665,7 @@ class FleetService:
                 if row is None:
                     destroyed = await store.by_label(self.db, inst.label)
                     if destroyed is not None:
-                        await self._destroy_zombie(inst)
+                        await self._destroy_zombie(inst, destroyed["id"])
                         continue
                     report.adopted.append(await self._adopt(inst))
                     continue
@@ -721,12 +721,11 @@ class FleetService:
         log.info("server adopted server_id=%d vast_id=%s", server_id, inst.id)
         return server_id
 
-    async def _destroy_zombie(self, inst: Instance) -> None:
-        """An instance whose row we destroyed is still listed: it may still bill. Destroy again."""
+    async def _destroy_zombie(self, inst: Instance, target: int) -> None:
+        """An instance whose row (``target``) we destroyed is still listed: it may still
+        bill. Destroy again."""
         if map_status(inst) == ServerStatus.DESTROYED:
             return
-        row = await store.by_label(self.db, inst.label)
-        target = row["id"] if row is not None else None
         try:
             await self._need_vast().destroy_instance(inst.id)
             log.warning("destroyed a lingering instance vast_id=%s label=%s", inst.id, inst.label)
