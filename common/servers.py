@@ -72,6 +72,22 @@ class ComfyAuth(RequestModel):
             raise ValueError("username and password go together")
         return self
 
+    @staticmethod
+    def credentials(stored: str | None) -> tuple[tuple[str, str] | None, str | None]:
+        """(basic (user, password), bearer token) from the stored JSON; (None, None) if none."""
+        if not stored:
+            return None, None
+        creds = json.loads(stored)
+        if "token" in creds:
+            return None, creds["token"]
+        return (creds["username"], creds["password"]), None
+
+    @staticmethod
+    def kind(stored: str | None) -> str | None:
+        """What a response may show of the stored credentials: 'basic', 'bearer' or None."""
+        basic, token = ComfyAuth.credentials(stored)
+        return "bearer" if token is not None else "basic" if basic is not None else None
+
     def stored(self) -> str | None:
         """The column's JSON; None when empty."""
         if self.token is not None:

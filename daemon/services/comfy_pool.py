@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import aiohttp
 
+from socialsync.common.servers import ComfyAuth
 from socialsync.daemon.comfy.client import ComfyClient, OnCall
 from socialsync.daemon.settings import ComfySettings
 
@@ -30,17 +30,12 @@ class ComfyPool:
             for old in [k for k in self._clients if k[0] == server_id]:
                 del self._clients[old]
             s = self.settings
-            auth, token = None, None
-            if own is not None:
-                creds = json.loads(own)
-                if "token" in creds:
-                    token = creds["token"]
-                else:
-                    auth = (creds["username"], creds["password"])
-            elif s.username and s.password is not None:
-                auth = (s.username, s.password.get_secret_value())
-            elif s.token is not None:
-                token = s.token.get_secret_value()
+            auth, token = ComfyAuth.credentials(own)
+            if own is None:  # none of its own: the settings'
+                if s.username and s.password is not None:
+                    auth = (s.username, s.password.get_secret_value())
+                elif s.token is not None:
+                    token = s.token.get_secret_value()
             found = ComfyClient(base_url, session=self.session, client_id=self.client_id, auth=auth,
                                 bearer_token=token, timeout=s.request_timeout, on_call=self.on_call)
             self._clients[key] = found

@@ -25,6 +25,7 @@ from socialsync.common.errors import ErrorCode
 from socialsync.common.events import SERVER_STATUS, ServerStatusData
 from socialsync.common.money import money, to_decimal
 from socialsync.common.servers import (
+    ComfyAuth,
     Offer,
     OfferQuery,
     Server,
@@ -155,17 +156,11 @@ def to_wire(row) -> Server:
         status_message=row["setup_message"] if row["setup_status"] == "failed" else row["status_message"],
         server_url=row["comfy_url"],
         ssh_connection=ssh,
-        comfy_auth=_auth_kind(row["comfy_auth"]),
+        comfy_auth=ComfyAuth.kind(row["comfy_auth"]),
         metadata=orjson.loads(row["metadata"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
-
-
-def _auth_kind(stored: str | None) -> str | None:
-    if not stored:
-        return None
-    return "bearer" if "token" in orjson.loads(stored) else "basic"
 
 
 def offer_to_wire(offer) -> Offer:
